@@ -1,0 +1,100 @@
+"""``python -m detector train MODEL --data data.yaml``: train through the Ultralytics trainer."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+# Flags users reach for most; any other Ultralytics train argument passes through as key=value.
+COMMON_ARGS = {
+    "epochs": (int, 100, "number of epochs"),
+    "imgsz": (int, 640, "training image size (square)"),
+    "batch": (int, 16, "batch size (-1: auto for GPU memory)"),
+    "device": (str, None, "cpu, 0, 0,1 (DDP on two GPUs)... (default: first GPU if any, else cpu)"),
+    "seed": (int, 0, "random seed (training is deterministic where torch allows)"),
+    "workers": (int, 8, "dataloader worker processes"),
+    "project": (str, "runs/detect", "directory holding runs"),
+    "name": (str, None, "run name inside project (default: the model name)"),
+}
+
+
+def check_data(data: str | Path) -> Path:
+    """Fail early and clearly on a data.yaml whose images are not on this machine (Ultralytics would try to
+    download the dataset)."""
+    path = Path(data)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset file {str(path)!r} not found. Nothing is downloaded here: import your data with "
+            "`python -m detector data import SRC --format voc|coco|yolo --out DIR` and pass DIR/data.yaml"
+        )
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    missing_keys = [k for k in ("train", "val", "names") if k not in spec]
+    if missing_keys:
+        raise ValueError(f"{path}: missing {', '.join(missing_keys)} (a detection data.yaml needs train, val, names)")
+    root = Path(spec.get("path") or path.parent)
+    root = root if root.is_absolute() else path.parent / root
+    for split in ("train", "val", "test"):
+        for entry in [spec[split]] if isinstance(spec.get(split), str) else spec.get(split) or []:
+            if not (root / entry).exists():
+                raise FileNotFoundError(f"{path}: {split} path {root / entry} does not exist (nothing is downloaded)")
+    return path
+
+
+def parse_overrides(tokens: list[str]) -> dict:
+    """Ultralytics-style ``key=value`` tokens (``lr0=0.001 mosaic=0 cos_lr=True``) to a dict of typed values."""
+    overrides = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value (an Ultralytics train argument), got {token!r}")
+        overrides[key.lstrip("-")] = yaml.safe_load(value) if value else None
+    return overrides
+
+
+def prepare_model(model: str, weights: Path | None, workdir: Path) -> Path:
+    """A YAML or checkpoint the Ultralytics trainer can start from, for a model name, YAML or checkpoint."""
+    from . import ultralytics_adapter as adapter
+    from .models import variant_from_checkpoint, write_yaml
+
+    if Path(model).suffix in (".pt", ".yaml", ".yml"):
+        if weights is not None:
+            raise ValueError("--weights applies to model names (e.g. yolo11n-cbam), not to a .pt or .yaml")
+        return Path(model)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        return write_yaml(model, workdir / f"{model}.yaml")
+    variant, _ = variant_from_checkpoint(model, weights)
+    return adapter.save_checkpoint(variant, workdir / f"{model}-init.pt")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model name (yolo11n, yolo11n-cbam, yolo11s-eca-backbone...), YAML, or "
+                                      "checkpoint .pt to fine-tune")
+    parser.add_argument("--data", required=True, help="dataset YAML (see `python -m detector data import`)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="baseline checkpoint to start from: its weights are transferred into the variant, "
+                             "which starts as an exact copy of the baseline (default: train from scratch)")
+    for key, (kind, default, help_text) in COMMON_ARGS.items():
+        parser.add_argument(f"--{key}", type=kind, default=default, help=f"{help_text} (default: {default})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="any other Ultralytics train argument, e.g. lr0=0.001 mosaic=0.5 patience=20 amp=False")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import ultralytics_adapter as adapter
+
+    train_args = {k: getattr(args, k) for k in COMMON_ARGS if getattr(args, k) is not None}
+    train_args.update(parse_overrides(args.overrides))
+    train_args.setdefault("name", Path(args.model).stem)
+    data = check_data(args.data)
+    start = prepare_model(args.model, args.weights, Path(args.project) / "_models")
+    _, save_dir = adapter.train(start, data=str(data), **train_args)
+    print(f"best checkpoint: {save_dir / 'weights' / 'best.pt'}")
+    return 0

@@ -1,0 +1,26 @@
+"""Squeeze-and-Excitation (Hu et al., CVPR 2018, arXiv:1709.01507)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Attention, check_positive_int
+
+
+class SE(Attention):
+    """Squeeze-and-Excitation (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, arXiv:1709.01507).
+
+    Channel gates from a bottleneck MLP (``channels -> max(channels // reduction, 8) -> channels``, ReLU, sigmoid)
+    over the globally average-pooled features; the input is rescaled channel by channel.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, gate: bool = True) -> None:
+        super().__init__(channels, gate)
+        hidden = max(channels // check_positive_int("SE", "reduction", reduction), 8)
+        self.fc = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
+        )
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x.mean((2, 3), keepdim=True))
