@@ -95,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
     train_args.setdefault("name", Path(args.model).stem)
     data = check_data(args.data)
     start = prepare_model(args.model, args.weights, Path(args.project) / "_models")
-    _, save_dir = adapter.train(start, data=str(data), **train_args)
+    save_dir = adapter.train(start, data=str(data), **train_args)
     print(f"best checkpoint: {save_dir / 'weights' / 'best.pt'}")
     return 0

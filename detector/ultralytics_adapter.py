@@ -101,7 +101,7 @@ def save_checkpoint(model: DetectionModel, path: str | Path, **extra) -> Path:
 def yolo(model: str | Path) -> YOLO:
     """An Ultralytics ``YOLO`` object for a model YAML or a local checkpoint."""
     model = Path(model)
-    if model.suffix not in (".yaml", ".yml"):
+    if model.suffix not in (".yaml", ".yml"):  # a checkpoint or an exported model
         check_local(model)
     return YOLO(model, task="detect")
 
@@ -110,13 +110,33 @@ class AttentionTrainer(DetectionTrainer):
     """Ultralytics' detection trainer; defined here so DDP workers import this module (and register our layers)."""
 
 
-def train(model: str | Path, on_epoch_end: Callable | None = None, **args) -> tuple[YOLO, Path]:
-    """Train through the Ultralytics trainer; ``args`` are Ultralytics train arguments. Returns the run directory."""
+def train(model: str | Path, callbacks: dict[str, Callable] | None = None, **args) -> Path:
+    """Train through the Ultralytics trainer; ``args`` are Ultralytics train arguments, ``callbacks`` maps Ultralytics
+    event names (``on_train_epoch_start``, ``on_fit_epoch_end``...) to functions of the trainer. Returns the run
+    directory."""
     runner = yolo(model)
-    if on_epoch_end is not None:
-        runner.add_callback("on_fit_epoch_end", on_epoch_end)
+    for event, function in (callbacks or {}).items():
+        runner.add_callback(event, function)
     runner.train(trainer=AttentionTrainer, **args)
-    return runner, Path(runner.trainer.save_dir)
+    return Path(runner.trainer.save_dir)
+
+
+def validate(model: str | Path, **args) -> dict:
+    """Ultralytics validation (``data``, ``split``, ``imgsz``, ``batch``, ``device``...) of a checkpoint or ONNX file.
+
+    Returns mAP50-95, mAP50, precision, recall, per-class mAP50-95 and the class-mean precision-recall curve.
+    """
+    metrics = yolo(model).val(plots=False, verbose=False, **args)
+    box = metrics.box
+    recall, precision, *_ = box.curves_results[0]
+    return {
+        "map50_95": float(box.map),
+        "map50": float(box.map50),
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "per_class_map50_95": {metrics.names[c]: float(v) for c, v in zip(box.ap_class_index, box.maps[box.ap_class_index])},
+        "pr_curve": {"recall": recall[::10].round(4).tolist(), "precision": precision.mean(0)[::10].round(4).tolist()},
+    }
 
 
 def export(model: str | Path, **args) -> Path:

@@ -1,0 +1,72 @@
+"""Real (tiny) Ultralytics training of attention variants through `python -m detector train`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detector.cli import main
+from detector.models import build_model
+from detector.ultralytics_adapter import load_checkpoint, save_checkpoint
+from detector.variants import inserted_indices
+
+TINY = ["--epochs", "2", "--imgsz", "64", "--batch", "4", "--workers", "0", "plots=False", "val=False", "nbs=4"]  # nbs=batch: an optimizer step per batch
+
+
+@pytest.mark.slow
+def test_gamma_and_attention_learn_in_the_ultralytics_trainer(tmp_path, shapes_data):
+    assert main(["train", "yolo11n-cbam", "--data", str(shapes_data), "--project", str(tmp_path), *TINY]) == 0
+    model, ckpt = load_checkpoint(tmp_path / "yolo11n-cbam" / "weights" / "last.pt")
+    layers = [model.model[i] for i in inserted_indices(model.yaml)]
+    assert len(layers) == 3
+    fresh = build_model("yolo11n-cbam", nc=2)
+    for layer in layers:
+        assert float(layer.gamma.abs()) > 0, "gamma never left 0"
+        initial = fresh.model[layer.i]
+        moved = [not torch.equal(a, b) for a, b in zip(layer.parameters(), initial.parameters()) if a is not layer.gamma]
+        assert any(moved), f"attention parameters of layer {layer.i} did not change"
+
+
+@pytest.mark.slow
+def test_train_from_baseline_weights_starts_as_the_baseline(tmp_path, shapes_data, capsys):
+    baseline = build_model("yolo11n", nc=2)
+    weights = save_checkpoint(baseline, tmp_path / "yolo11n-shapes.pt")
+    args = ["train", "yolo11n-eca", "--data", str(shapes_data), "--weights", str(weights), "--project", str(tmp_path)]
+    assert main([*args, *TINY, "epochs=1"]) == 0
+    assert "transferred 499/499" in capsys.readouterr().out
+    # the checkpoint the trainer started from is the variant with every baseline tensor
+    start, _ = load_checkpoint(tmp_path / "_models" / "yolo11n-eca-init.pt")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(start(x)[0], baseline.eval()(x)[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_trained_variant_resumes_training_in_a_fresh_process(tmp_path, shapes_data):
+    assert main(["train", "yolo11n-simam", "--data", str(shapes_data), "--project", str(tmp_path), *TINY]) == 0
+    best = tmp_path / "yolo11n-simam" / "weights" / "last.pt"
+    code = [sys.executable, "-m", "detector", "train", str(best), "--data", str(shapes_data), "--project",
+            str(tmp_path), "--name", "again", *TINY]
+    out = subprocess.run(code, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "again" / "weights" / "last.pt").exists()
+
+
+def test_missing_data_and_weights_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
+        main(["train", "yolo11n", "--data", "coco8.yaml"])
+    data = tmp_path / "data.yaml"
+    data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["train", "yolo11n", "--data", str(data)])
+    data.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match=r"data.yaml:\d+: not valid YAML"):
+        main(["train", "yolo11n", "--data", str(data)])
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
+    with pytest.raises(FileNotFoundError, match="yolo11n.pt' not found"):
+        main(["train", "yolo11n-se", "--data", str(data), "--weights", "yolo11n.pt"])
