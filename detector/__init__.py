@@ -7,13 +7,20 @@ and checkpoints of variants load, and turns Ultralytics' pip auto-install off.
 from __future__ import annotations
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+
+try:
+    __version__ = version("attention-yolo")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
 
 from .models import Transfer, TransferError, build_model, model_cfg, transfer_weights, variant_from_checkpoint, write_yaml  # noqa: E402
 from .variants import VariantError, VariantSpec, parse_name  # noqa: E402
 
 __all__ = [
+    "__version__",
     "Transfer",
     "TransferError",
     "VariantError",

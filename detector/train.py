@@ -38,8 +38,7 @@ def check_data(data: str | Path) -> Path:
     missing_keys = [k for k in ("train", "val", "names") if k not in spec]
     if missing_keys:
         raise ValueError(f"{path}: missing {', '.join(missing_keys)} (a detection data.yaml needs train, val, names)")
-    root = Path(spec.get("path") or path.parent)
-    root = root if root.is_absolute() else path.parent / root
+    root = Path(spec.get("path") or path.parent)  # a relative `path:` is relative to the working directory, as in Ultralytics
     for split in ("train", "val", "test"):
         for entry in [spec[split]] if isinstance(spec.get(split), str) else spec.get(split) or []:
             if not (root / entry).exists():

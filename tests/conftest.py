@@ -82,3 +82,13 @@ def write_shapes_dataset(root: Path, n_train: int = 16, n_val: int = 8, size: tu
 def shapes_data(tmp_path_factory) -> Path:
     """data.yaml of a generated 2-class shapes dataset (16 train, 8 val images of 128x96)."""
     return write_shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def bccd_data(shared_datasets, tmp_path_factory) -> Path:
+    """data.yaml of BCCD imported from ../shared/datasets/bccd-voc by our importer (skipped when absent)."""
+    from detector.data import import_dataset
+
+    out = tmp_path_factory.mktemp("bccd")
+    import_dataset(_existing(shared_datasets / "bccd-voc"), "voc", out, link=True, progress=False)
+    return out / "data.yaml"

@@ -55,6 +55,13 @@ def test_trained_variant_resumes_training_in_a_fresh_process(tmp_path, shapes_da
     assert (tmp_path / "again" / "weights" / "last.pt").exists()
 
 
+def test_data_yaml_paths_resolve_like_ultralytics(tmp_path, shapes_data, monkeypatch):
+    from detector.train import check_data
+
+    monkeypatch.chdir(shapes_data.parent)
+    assert check_data("data.yaml").name == "data.yaml"  # no `path:` key: relative to the yaml's folder
+
+
 def test_missing_data_and_weights_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
         main(["train", "yolo11n", "--data", "coco8.yaml"])

@@ -1,0 +1,1 @@
+"""REST service and torch-free ONNX inference engine."""
