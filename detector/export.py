@@ -12,6 +12,7 @@ import argparse
 import json
 import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +116,13 @@ def export_onnx(weights: str | Path, imgsz: int = 640, dynamic: bool = False, ha
     from . import ultralytics_adapter as adapter
 
     model, _ = adapter.load_checkpoint(weights)
-    path = adapter.export(weights, format="onnx", imgsz=imgsz, dynamic=dynamic, half=half, opset=opset,
-                          simplify=simplify, device="cpu", verbose=False)
-    if out is not None:
-        path = Path(shutil.move(path, out))
+    weights = Path(weights)
+    with tempfile.TemporaryDirectory() as scratch:  # Ultralytics writes next to the checkpoint: keep that clean
+        link = Path(scratch) / weights.name
+        link.symlink_to(weights.resolve())
+        exported = adapter.export(link, format="onnx", imgsz=imgsz, dynamic=dynamic, half=half, opset=opset,
+                                  simplify=simplify, device="cpu", verbose=False)
+        path = Path(shutil.move(exported, out or weights.with_suffix(".onnx")))
     add_metadata(path, architecture_metadata(model))
     parity = check_parity(model.float().eval(), path, parity_inputs(imgsz, dynamic, int(model.stride.max())))
     precision = "fp16" if half else "fp32"

@@ -12,8 +12,7 @@ os.environ.setdefault("YOLO_OFFLINE", "True")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-# Transitional: a yolo11n trained briefly on coco128, until weights/ ships the default model.
-DEV_MODELS = Path(os.environ.get("DETECTOR_DEV_MODELS", "/tmp/devmodel"))
+WEIGHTS = REPO / "weights"
 
 
 def _existing(path: Path) -> Path:
@@ -29,14 +28,20 @@ def shared_datasets() -> Path:
 
 @pytest.fixture(scope="session")
 def trained_onnx_dynamic() -> Path:
-    """ONNX exported by Ultralytics (dynamic batch/height/width) from a trained detector."""
-    return _existing(DEV_MODELS / "dev-dynamic.onnx")
+    """The shipped default model: ONNX (dynamic batch/height/width) of a detector trained on BCCD."""
+    return _existing(WEIGHTS / "bccd.onnx")
 
 
 @pytest.fixture(scope="session")
-def trained_onnx_static() -> Path:
-    """ONNX exported by Ultralytics (static 1x3xSxS) from the same trained detector."""
-    return _existing(DEV_MODELS / "dev-static.onnx")
+def trained_onnx_static(tmp_path_factory) -> Path:
+    """The shipped default checkpoint exported with a static 1x3xSxS input (S: its training size)."""
+    from detector.export import export_onnx
+    from detector.ultralytics_adapter import load_checkpoint
+
+    checkpoint = _existing(WEIGHTS / "bccd.pt")
+    imgsz = int(load_checkpoint(checkpoint)[0].args["imgsz"])
+    path, _ = export_onnx(checkpoint, imgsz=imgsz, out=tmp_path_factory.mktemp("static") / "bccd-static.onnx")
+    return path
 
 
 @pytest.fixture(scope="session")
