@@ -17,6 +17,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 from .models import Transfer, TransferError, build_model, model_cfg, transfer_weights, variant_from_checkpoint, write_yaml  # noqa: E402
+from .train import train  # noqa: E402
 from .variants import VariantError, VariantSpec, parse_name  # noqa: E402
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "build_model",
     "model_cfg",
     "parse_name",
+    "train",
     "transfer_weights",
     "variant_from_checkpoint",
     "write_yaml",

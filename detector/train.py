@@ -86,14 +86,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="any other Ultralytics train argument, e.g. lr0=0.001 mosaic=0.5 patience=20 amp=False")
 
 
-def run(args: argparse.Namespace) -> int:
+def train(model: str | Path, data: str | Path, weights: str | Path | None = None, **args) -> Path:
+    """Train ``model`` (a name like ``yolo11s-cbam``, a YAML or a checkpoint) on ``data`` through the Ultralytics
+    trainer; ``weights`` is a baseline checkpoint to transfer into the variant first. ``args`` are Ultralytics train
+    arguments (``epochs``, ``imgsz``, ``batch``, ``device``...). Returns the run directory (weights/best.pt inside)."""
     from . import ultralytics_adapter as adapter
 
+    args.setdefault("project", "runs/detect")
+    args.setdefault("name", Path(str(model)).stem)
+    data = check_data(data)
+    start = prepare_model(str(model), Path(weights) if weights else None, Path(args["project"]) / "_models")
+    return adapter.train(start, data=str(data), **args)
+
+
+def run(args: argparse.Namespace) -> int:
     train_args = {k: getattr(args, k) for k in COMMON_ARGS if getattr(args, k) is not None}
     train_args.update(parse_overrides(args.overrides))
-    train_args.setdefault("name", Path(args.model).stem)
-    data = check_data(args.data)
-    start = prepare_model(args.model, args.weights, Path(args.project) / "_models")
-    save_dir = adapter.train(start, data=str(data), **train_args)
+    save_dir = train(args.model, args.data, args.weights, **train_args)
     print(f"best checkpoint: {save_dir / 'weights' / 'best.pt'}")
     return 0
