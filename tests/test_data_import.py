@@ -712,3 +712,9 @@ def test_bccd_voc_import(tmp_path):
     assert degenerate and all(p.line is not None for p in degenerate)
     assert report.problem_counts() == {"degenerate_box": len(degenerate)}
     assert_valid_yolo_output(tmp_path / "bccd", report)
+
+
+def test_strict_ignores_difficult_flags(tmp_path):
+    source = make_voc(tmp_path / "voc", 4)
+    add_voc_image(source, "hard", [{"name": "dog", "box": (34, 4, 60, 30), "difficult": True}])
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(tmp_path / "out"), "--strict") == 0
