@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
                     coco += coco_records(path, prediction)
                 else:
                     sink.write(json.dumps({"image": str(path), **prediction.to_dict()}) + "\n")
-                if args.save_dir:
-                    cv2.imwrite(str(args.save_dir / path.name), annotate(path.read_bytes(), prediction))
+                if args.save_dir and not cv2.imwrite(str(args.save_dir / path.name), annotate(path.read_bytes(), prediction)):
+                    raise OSError(f"could not write {args.save_dir / path.name} (disk full or not writable?)")
             bar.update(len(group))
     if args.format == "coco":
         json.dump(coco, sink)

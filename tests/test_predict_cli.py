@@ -56,3 +56,11 @@ def test_val_of_an_onnx_model(trained_onnx_static, bccd_data, tmp_path, capsys):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0 < metrics["map50_95"] < metrics["map50"] <= 1
     assert "RBC" in capsys.readouterr().out
+
+
+def test_annotated_output_that_cannot_be_written_is_an_error(tmp_path, real_photos, trained_onnx_dynamic, monkeypatch):
+    import cv2 as cv2_module
+
+    monkeypatch.setattr(cv2_module, "imwrite", lambda *args, **kwargs: False)  # what OpenCV does on ENOSPC
+    with pytest.raises(OSError, match="disk full"):
+        main(["predict", str(real_photos[0]), "--model", str(trained_onnx_dynamic), "--save-dir", str(tmp_path)])
