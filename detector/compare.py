@@ -68,6 +68,8 @@ class Progress:
             self.images += len(trainer.train_loader.dataset)
 
         def fit_epoch_end(trainer) -> None:
+            if trainer.epoch >= trainer.epochs:  # Ultralytics' final validation of best.pt, not an epoch
+                return
             self.done_epochs += 1
             self.seconds += time.perf_counter() - self.epoch_start
             eta = self.seconds / self.done_epochs * (self.total_epochs - self.done_epochs)
