@@ -1,0 +1,179 @@
+"""Request processing shared by every API: prepare in threads, infer in the model's worker, finish in threads.
+
+Nothing CPU-bound runs on the event loop: decoding and letterboxing (`Detector.prepare`) and NMS
+(`Detector.finish`) run in the thread pool, inference in the model's `BatchWorker` thread. The whole
+processing of a request is bounded by `request_timeout_s` (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import anyio
+import numpy as np
+
+from .batching import QueueFull, WorkerStopped
+from .engine import (
+    Detector,
+    ImageError,
+    InvalidParameter,
+    Letterbox,
+    Prediction,
+    Prepared,
+    RawOutput,
+    decode_image,
+)
+from .errors import ServiceError, from_engine_error
+from .metrics import Metrics
+from .registry import ModelEntry
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Encoded image bytes from a request and how to name the image in error messages."""
+
+    data: bytes
+    label: str
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Postprocessing parameters of one request, already validated against the model."""
+
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int | None = None
+    max_det: int = 300
+    classes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class DetectedImage:
+    """The result for one image; `image` is the decoded BGR image when the caller asked to keep it."""
+
+    prediction: Prediction
+    decode_ms: float
+    total_ms: float
+    image: np.ndarray | None
+
+
+async def _in_thread(function: Callable[..., T], *args: object) -> T:
+    """Run `function` in the thread pool; a timeout abandons the thread instead of waiting for it."""
+    return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+
+
+class Pipeline:
+    """Runs requests through a model with the settings' timeout, queue and metrics."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    async def detect(
+        self,
+        entry: ModelEntry,
+        detector: Detector,
+        images: Sequence[ImageInput],
+        options: DetectOptions,
+        keep_images: bool = False,
+    ) -> list[DetectedImage]:
+        """Detect objects in `images` with `detector` (the version of `entry` chosen when the request began)."""
+        started = time.perf_counter()
+        self._check_queue(entry)
+        async with self._deadline(entry):
+            outcomes = await asyncio.gather(
+                *(_in_thread(self._prepare, detector, image, options.imgsz, keep_images) for image in images),
+                return_exceptions=True,
+            )
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if failures:  # the first bad image in request order
+                raise failures[0]
+            prepared: list[tuple[Prepared, np.ndarray | None, float]] = outcomes  # type: ignore[assignment]
+            items = [item for item, _, _ in prepared]
+            raw = await self._infer(entry, detector, items)
+            predictions = await _in_thread(self._finish, detector, raw, items, options)
+        total_ms = (time.perf_counter() - started) * 1e3
+        return [
+            DetectedImage(prediction, decode_ms, total_ms, image)
+            for prediction, (_, image, decode_ms) in zip(predictions, prepared)
+        ]
+
+    async def infer_tensor(self, entry: ModelEntry, detector: Detector, batch: np.ndarray) -> list[RawOutput]:
+        """Run the model on a ready network input (N, 3, H, W) through the model's queue; one output per image."""
+        self._check_queue(entry)
+        height, width = batch.shape[2:]
+        box = Letterbox(width, height, width, height, 0, 0, width, height)
+        items = [Prepared(batch[index : index + 1], box, 0.0, 0.0) for index in range(batch.shape[0])]
+        async with self._deadline(entry):
+            return await self._infer(entry, detector, items)
+
+    def _check_queue(self, entry: ModelEntry) -> None:
+        """Refuse at once, before any work, when the model's queue is full."""
+        if entry.worker.full:
+            self._reject_queue_full(entry, f"model {entry.name!r} has {self.settings.queue_size} requests waiting")
+
+    def _reject_queue_full(self, entry: ModelEntry, reason: str) -> NoReturn:
+        self.metrics.rejected.labels(entry.name, "queue_full").inc()
+        raise ServiceError(503, f"{reason}; retry later", type="queue_full", headers={"Retry-After": "1"})
+
+    @asynccontextmanager
+    async def _deadline(self, entry: ModelEntry) -> AsyncIterator[None]:
+        """The request's processing time limit; on expiry a 504 (and the timeout metric)."""
+        seconds = self.settings.request_timeout_s
+        try:
+            with anyio.fail_after(seconds):
+                yield
+        except TimeoutError:
+            self.metrics.rejected.labels(entry.name, "timeout").inc()
+            raise ServiceError(
+                504,
+                f"the request took longer than {seconds:g} s (DETECT_REQUEST_TIMEOUT_S) and was abandoned",
+                type="timeout",
+            ) from None
+
+    async def _infer(self, entry: ModelEntry, detector: Detector, items: list[Prepared]) -> list[RawOutput]:
+        try:
+            future = entry.worker.submit(detector, items)
+        except QueueFull as error:
+            self._reject_queue_full(entry, str(error))
+        except WorkerStopped as error:
+            raise ServiceError(503, f"{error}; retry later", type="shutting_down", headers={"Retry-After": "1"})
+        return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _prepare(
+        detector: Detector, image: ImageInput, imgsz: int | None, keep_image: bool
+    ) -> tuple[Prepared, np.ndarray | None, float]:
+        """Decode and letterbox one image; keeps the decoded image when asked (to draw on it)."""
+        try:
+            if not keep_image:
+                prepared = detector.prepare(image.data, imgsz)
+                return prepared, None, prepared.decode_ms
+            began = time.perf_counter()
+            decoded = decode_image(image.data, detector.max_pixels)
+            decode_ms = (time.perf_counter() - began) * 1e3
+            return detector.prepare(decoded, imgsz), decoded, decode_ms
+        except InvalidParameter as error:
+            raise ServiceError(422, str(error), field="imgsz") from None
+        except ImageError as error:
+            raise from_engine_error(error, image.label) from None
+
+    @staticmethod
+    def _finish(
+        detector: Detector, raw: list[RawOutput], items: list[Prepared], options: DetectOptions
+    ) -> list[Prediction]:
+        try:
+            return [
+                detector.finish(output, item, options.conf, options.iou, options.max_det, options.classes)
+                for output, item in zip(raw, items)
+            ]
+        except InvalidParameter as error:
+            raise ServiceError(422, str(error)) from None
