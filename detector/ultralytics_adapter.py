@@ -114,6 +114,8 @@ def train(model: str | Path, callbacks: dict[str, Callable] | None = None, **arg
     """Train through the Ultralytics trainer; ``args`` are Ultralytics train arguments, ``callbacks`` maps Ultralytics
     event names (``on_train_epoch_start``, ``on_fit_epoch_end``...) to functions of the trainer. Returns the run
     directory."""
+    if args.get("project"):  # Ultralytics puts a relative project under its own runs_dir; we mean the working dir
+        args["project"] = str(Path(args["project"]).resolve())
     runner = yolo(model)
     for event, function in (callbacks or {}).items():
         runner.add_callback(event, function)

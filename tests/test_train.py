@@ -77,3 +77,10 @@ def test_missing_data_and_weights_fail_clearly(tmp_path):
     data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
     with pytest.raises(FileNotFoundError, match="yolo11n.pt' not found"):
         main(["train", "yolo11n-se", "--data", str(data), "--weights", "yolo11n.pt"])
+
+
+@pytest.mark.slow
+def test_relative_project_is_relative_to_the_working_directory(tmp_path, shapes_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "yolo11n", "--data", str(shapes_data), "--project", "runs", *TINY, "epochs=1"]) == 0
+    assert (tmp_path / "runs" / "yolo11n" / "weights" / "best.pt").exists()
