@@ -1,0 +1,470 @@
+"""Benchmark the REST service against its limit (raw session.run) and its peer (Ultralytics' predict loop).
+
+One run measures, on the same model and image:
+
+  raw          session.run in this process on the tensor the engine makes from the image (same input size,
+               same session options, same threads as the service): the limit of this hardware. Its
+               single-stream rate is 1000 / raw p50 images/s.
+  ultralytics  ultralytics.YOLO(onnx).predict(image) in a loop in this process (what users would do
+               otherwise), on CPU with its ONNX Runtime session swapped for one with the service's settings.
+  service      python -m service on a free loopback port, driven by benchmarks/loadgen.py in a separate
+               process (asyncio, closed loop, multipart POST /v1/detect; --client) at each --concurrency:
+               p50/p95/p99 latency and throughput.
+  batches      with --batch-sizes (default on CUDA): raw session.run on batches of b copies of the tensor
+               next to the service at concurrency b (micro-batching is what lets it use the batch).
+
+The reference runs are split: half before the service starts, half after it stopped, interleaved run by run,
+so that a change in machine load shows as their after/before ratio. Goals (met / NOT met): service p50 at
+concurrency 1 <= 1.10x raw p50; throughput at concurrency 8 >= 1.0x the raw single-stream rate; service p50 at
+concurrency 1 <= 0.90x the Ultralytics loop p50.
+
+    python benchmarks/service.py --threads 1 --out service.json
+    python benchmarks/service.py --device cuda --concurrency 1,4,8,16,32 --out service-gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # before benchmarks/ (this script's folder): `service` is the package, not this file
+
+from benchmarks.engine import machine, timed
+from benchmarks.loadgen import (
+    CLIENTS,
+    BenchmarkError,
+    ServiceProcess,
+    ServiceSettings,
+    default_image,
+    describe_image,
+    format_ms,
+    goal,
+    latency_stats,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    positive_ints,
+    print_goals,
+    require_device,
+    run_load,
+    summarize,
+)
+from service.engine import Detector, DeviceError, ImageError, ModelError, physical_cores
+from service.engine.model import create_session
+
+DEFAULT_MODEL = REPO / "weights" / "bccd.onnx"
+GPU_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+CONF = 0.25  # the service's and Ultralytics' default thresholds
+IOU = 0.7
+P50_OVER_RAW_GOAL = 1.10
+THROUGHPUT_OVER_RAW_GOAL = 1.0
+P50_OVER_ULTRALYTICS_GOAL = 0.90
+GOAL_CONCURRENCY_LATENCY = 1
+GOAL_CONCURRENCY_THROUGHPUT = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help=f"detection ONNX to serve (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        help="image sent in every request (default: a 640x480 BCCD photo from the shared datasets, else "
+        "ultralytics' bus.jpg resized to 640x480)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N, for the service and the references (default: cpu)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="ONNX Runtime intra-op threads of the service and the references (default: physical cores "
+        "available; on a shared machine 1 is steadier)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=positive_int,
+        help="DETECT_MAX_BATCH of the service (default: 8, or the largest --batch-sizes when larger)",
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms",
+        type=non_negative_float,
+        default=5.0,
+        help="DETECT_MAX_BATCH_WAIT_MS of the service (default: 5)",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=positive_int,
+        help="DETECT_QUEUE_SIZE of the service (default: 32, or the largest concurrency when larger, so that "
+        "the closed loop never meets a full queue)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_ints,
+        default=[1, 4, 8, 16],
+        help="comma-separated concurrency levels of the closed-loop load (default: 1,4,8,16; the goals use 1 and 8)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=positive_ints,
+        help="comma-separated batch sizes for the raw-batch vs service table (default: "
+        f"{','.join(map(str, GPU_BATCH_SIZES))} on CUDA, none on CPU); the service is also measured at "
+        "these concurrencies",
+    )
+    parser.add_argument(
+        "--duration", type=positive_float, default=10.0, help="measured seconds per concurrency level (default: 10)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=2.0,
+        help="seconds of load before each level's measurement, not counted (default: 2)",
+    )
+    parser.add_argument(
+        "--reference-runs",
+        type=positive_int,
+        default=50,
+        help="timed runs of each reference case, half before and half after the service (default: 50)",
+    )
+    parser.add_argument(
+        "--reference-warmup",
+        type=int,
+        default=5,
+        help="untimed runs of each reference case before each half, and of each raw batch (default: 5)",
+    )
+    parser.add_argument(
+        "--no-ultralytics", action="store_true", help="skip the Ultralytics predict loop (and its goal)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="raw",
+        help="load generator's HTTP client: raw (lean asyncio keep-alive, about 0.2 ms client CPU per request) or "
+        "httpx (about 2 ms; a cross-check) (default: raw)",
+    )
+    parser.add_argument(
+        "--timeout", type=positive_float, default=60.0, help="client timeout of one request in seconds (default: 60)"
+    )
+    parser.add_argument("--out", type=Path, help="write everything measured to this JSON file")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Errors argparse cannot see: missing files, a negative warm-up count."""
+    if not args.model.is_file():
+        parser.error(f"--model {args.model} is not a file")
+    if args.image is not None and not args.image.is_file():
+        parser.error(f"--image {args.image} is not a file")
+    if args.reference_warmup < 0:
+        parser.error(f"--reference-warmup must not be negative, got {args.reference_warmup}")
+
+
+class References:
+    """The in-process cases the service is compared with, timed interleaved run by run."""
+
+    def __init__(self, model: Path, image: Path, device: str, threads: int, with_ultralytics: bool) -> None:
+        preparer = Detector(model, device="cpu", threads=1)  # preparing does not depend on the device
+        self.info = preparer.info
+        self.tensor = preparer.prepare(image.read_bytes()).tensor
+        self.session = create_session(model, device, threads)
+        self.cases: dict[str, Callable[[], object]] = {"raw": self.run_raw}
+        if with_ultralytics:
+            # Ultralytics' own default imgsz is 640: give it the service's (the export size), rect for dynamic models.
+            imgsz = self.info.imgsz[0] if self.info.dynamic_hw else list(self.info.imgsz)
+            self.cases["ultralytics"] = ultralytics_predict_loop(model, image, imgsz, device, threads)
+        self.before: dict[str, list[float]] = {name: [] for name in self.cases}
+        self.after: dict[str, list[float]] = {name: [] for name in self.cases}
+
+    def run_raw(self, batch: np.ndarray | None = None) -> object:
+        feed = {self.info.input_name: self.tensor if batch is None else batch}
+        return self.session.run([self.info.output_name], feed)
+
+    def measure(self, samples: dict[str, list[float]], runs: int, warmup: int) -> None:
+        for _ in range(warmup):
+            for case in self.cases.values():
+                case()
+        for _ in range(runs):
+            for name, case in self.cases.items():
+                samples[name].append(timed(case))
+
+    def time_batches(self, sizes: Sequence[int], runs: int, warmup: int) -> dict[int, list[float]]:
+        """Per-run milliseconds of session.run on `size` copies of the tensor, sizes interleaved."""
+        batches = {size: np.repeat(self.tensor, size, axis=0) for size in sizes}
+        samples: dict[int, list[float]] = {size: [] for size in sizes}
+        for round_ in range(warmup + runs):
+            for size, batch in batches.items():
+                elapsed = timed(lambda batch=batch: self.run_raw(batch))
+                if round_ >= warmup:
+                    samples[size].append(elapsed)
+        return samples
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        result = {}
+        for name in self.cases:
+            samples = self.before[name] + self.after[name]
+            result[name] = {
+                "runs": len(samples),
+                **latency_stats(samples),
+                "after_over_before": (
+                    statistics.median(self.after[name]) / statistics.median(self.before[name])
+                    if self.before[name] and self.after[name]
+                    else None
+                ),
+                "samples_ms": samples,
+            }
+        return result
+
+
+def ultralytics_predict_loop(
+    model: Path, image: Path, imgsz: int | list[int], device: str, threads: int
+) -> Callable[[], object]:
+    """One `YOLO(onnx).predict(image)` call as users would make it, at the service's input size and thresholds."""
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    os.environ.setdefault("YOLO_OFFLINE", "True")
+    from ultralytics import YOLO  # only here: the service and the engine never import it
+
+    yolo = YOLO(str(model), task="detect")
+    ultralytics_device = "cpu" if device == "cpu" else device.partition(":")[2] or "0"
+
+    def predict() -> object:
+        return yolo.predict(str(image), imgsz=imgsz, conf=CONF, iou=IOU, device=ultralytics_device, verbose=False)
+
+    predict()  # builds the predictor and its ONNX Runtime session
+    if device == "cpu":
+        # The same session options and threads as the service, so that the comparison is between the two
+        # pipelines, not two thread settings (on CUDA its session is kept: it may be bound to its I/O buffers).
+        yolo.predictor.model.backend.session = create_session(model, device, threads)
+    return predict
+
+
+def measure_service(
+    server: ServiceProcess, image: Path, concurrency: int, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """The service under a closed loop at `concurrency`, from a separate load-generator process."""
+    run = run_load(
+        "closed",
+        server.url,
+        image,
+        workdir / f"closed-c{concurrency}.json",
+        args.duration,
+        args.timeout,
+        args.client,
+        concurrency=concurrency,
+        warmup=args.warmup,
+    )
+    measured = run.phase("load")
+    return {
+        "concurrency": concurrency,
+        **summarize(measured, args.duration),
+        "client_cpu_ms_per_request": run.client_cpu_s * 1e3 / max(len(run.records), 1),
+        "errors": run.errors,
+    }
+
+
+def ratio(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom else top / bottom
+
+
+def evaluate(
+    references: dict[str, dict[str, Any]], levels: dict[int, dict[str, Any]]
+) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    """The three ratios the service is judged on, and the goals."""
+    raw_p50 = references["raw"]["p50_ms"]
+    ultralytics_p50 = references.get("ultralytics", {}).get("p50_ms")
+    latency_level = levels.get(GOAL_CONCURRENCY_LATENCY, {})
+    throughput_level = levels.get(GOAL_CONCURRENCY_THROUGHPUT, {})
+    ratios = {
+        "p50_c1_over_raw": ratio(latency_level.get("p50_ms"), raw_p50),
+        "throughput_c8_over_raw_rate": ratio(throughput_level.get("throughput_rps"), 1e3 / raw_p50),
+        "p50_c1_over_ultralytics": ratio(latency_level.get("p50_ms"), ultralytics_p50),
+    }
+    goals = [
+        goal("service p50 @c1 / raw p50", ratios["p50_c1_over_raw"], P50_OVER_RAW_GOAL, at_most=True),
+        goal(
+            "service req/s @c8 / raw single-stream rate",
+            ratios["throughput_c8_over_raw_rate"],
+            THROUGHPUT_OVER_RAW_GOAL,
+            at_most=False,
+        ),
+        goal(
+            "service p50 @c1 / Ultralytics loop p50",
+            ratios["p50_c1_over_ultralytics"],
+            P50_OVER_ULTRALYTICS_GOAL,
+            at_most=True,
+        ),
+    ]
+    return ratios, goals
+
+
+def batch_table(raw_batches: dict[int, list[float]], levels: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Raw session.run at each batch size next to the service at the same concurrency."""
+    rows = []
+    for size, samples in raw_batches.items():
+        raw_p50 = statistics.median(samples)
+        raw_rate = size * 1e3 / raw_p50
+        level = levels[size]
+        rows.append(
+            {
+                "batch": size,
+                "raw_p50_ms": raw_p50,
+                "raw_images_per_s": raw_rate,
+                "service_concurrency": size,
+                "service_throughput_rps": level["throughput_rps"],
+                "service_p50_ms": level["p50_ms"],
+                "service_throughput_over_raw": level["throughput_rps"] / raw_rate,
+            }
+        )
+    return rows
+
+
+def print_report(report: dict[str, Any]) -> None:
+    references, settings = report["references"], report["service_settings"]
+    input_shape = "x".join(map(str, report["input_shape"]))
+    print(f"\nreferences in this process (server not running), input {input_shape}, device {report['device']}:")
+    for name, label in (("raw", "raw session.run"), ("ultralytics", "YOLO(onnx).predict loop")):
+        if name in references:
+            row = references[name]
+            drift = row["after_over_before"]
+            print(
+                f"  {label:<26} p50 {format_ms(row['p50_ms'])} ms  p95 {format_ms(row['p95_ms'])} ms  "
+                f"({row['runs']} runs; after/before {'-' if drift is None else f'{drift:.3f}'})"
+            )
+    print(f"  raw single-stream rate: {report['raw_single_stream_rate']:.1f} images/s")
+    print(
+        f"\nservice (threads {settings['threads']}, max batch {settings['max_batch']}, batch wait "
+        f"{settings['max_batch_wait_ms']:g} ms, queue {settings['queue_size']}), closed loop from a separate "
+        f"process ({report['client']} client), {report['duration_s']:g} s per level:"
+    )
+    raw_p50 = references["raw"]["p50_ms"]
+    ultralytics_p50 = references.get("ultralytics", {}).get("p50_ms")
+    header = (
+        f"{'conc':>5}{'requests':>10}{'failed':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'p50/raw':>9}{'rps/raw':>9}{'p50/ultra':>10}{'client cpu ms/req':>19}"
+    )
+    print(header)
+    print("-" * len(header))
+    for level in report["service"]:
+        cells = [
+            ratio(level["p50_ms"], raw_p50),
+            ratio(level["throughput_rps"], report["raw_single_stream_rate"]),
+            ratio(level["p50_ms"], ultralytics_p50),
+        ]
+        p50_raw, rps_raw, p50_ultra = ("-" if cell is None else f"{cell:.3f}" for cell in cells)
+        print(
+            f"{level['concurrency']:>5}{level['requests']:>10}{level['failed']:>8}{level['throughput_rps']:>9.1f}"
+            f"{format_ms(level['p50_ms']):>9}{format_ms(level['p95_ms']):>9}{format_ms(level['p99_ms']):>9}"
+            f"{p50_raw:>9}{rps_raw:>9}{p50_ultra:>10}{level['client_cpu_ms_per_request']:>19.2f}"
+        )
+        if level["errors"]:
+            print(f"      client errors: {level['errors']}")
+    if report["batches"]:
+        print("\nraw session.run per batch vs the service at the same concurrency:")
+        header = f"{'batch':>6}{'raw ms/run':>12}{'raw img/s':>11}{'service req/s':>15}{'service p50 ms':>16}{'service/raw':>13}"
+        print(header)
+        print("-" * len(header))
+        for row in report["batches"]:
+            print(
+                f"{row['batch']:>6}{row['raw_p50_ms']:>12.2f}{row['raw_images_per_s']:>11.1f}"
+                f"{row['service_throughput_rps']:>15.1f}{format_ms(row['service_p50_ms']):>16}"
+                f"{row['service_throughput_over_raw']:>13.3f}"
+            )
+    print("\ngoals:")
+    print_goals(report["goals"])
+
+
+def service_settings(args: argparse.Namespace, batch_sizes: Sequence[int], levels: Sequence[int]) -> ServiceSettings:
+    """The service's settings: the options, with batch and queue sizes that fit the levels when not given."""
+    return ServiceSettings(
+        model=args.model,
+        device=args.device,
+        threads=args.threads or physical_cores(),
+        max_batch=args.max_batch or max([8, *batch_sizes]),
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        queue_size=args.queue_size or max([32, *levels]),
+    )
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """References (first half), raw batches, the service at every level, references (second half); the report."""
+    batch_sizes = args.batch_sizes or (GPU_BATCH_SIZES if args.device.startswith("cuda") else [])
+    levels_wanted = sorted(set(args.concurrency) | set(batch_sizes))
+    settings = service_settings(args, batch_sizes, levels_wanted)
+    image = args.image or default_image(workdir)
+    try:
+        image_info = describe_image(image)
+    except ImageError as error:
+        raise SystemExit(f"--image {image}: {error}") from None
+    try:
+        references = References(args.model, image, args.device, settings.threads, not args.no_ultralytics)
+    except (DeviceError, ModelError) as error:
+        raise SystemExit(f"cannot run the references: {error}") from None
+
+    first_half = args.reference_runs // 2
+    references.measure(references.before, first_half, args.reference_warmup)
+    raw_batches = references.time_batches(batch_sizes, args.reference_runs, args.reference_warmup)
+    print(f"references: {first_half} runs done; starting the service", file=sys.stderr)
+    with ServiceProcess(settings, workdir / "service.log") as server:
+        server.check_detect(image)
+        levels = {}
+        for concurrency in levels_wanted:
+            print(f"service: concurrency {concurrency}", file=sys.stderr)
+            levels[concurrency] = measure_service(server, image, concurrency, args, workdir)
+    references.measure(references.after, args.reference_runs - first_half, args.reference_warmup)
+
+    reference_summary = references.summary()
+    ratios, goals = evaluate(reference_summary, levels)
+    return {
+        "model": str(args.model),
+        "image": image_info,
+        "input_shape": list(references.tensor.shape),
+        "device": args.device,
+        "providers": references.session.get_providers(),
+        "service_settings": settings.to_dict(),
+        "load_generator": "benchmarks/loadgen.py in a separate process, closed loop, multipart POST /v1/detect",
+        "client": args.client,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "references": reference_summary,
+        "raw_single_stream_rate": 1e3 / reference_summary["raw"]["p50_ms"],
+        "service": [levels[concurrency] for concurrency in levels_wanted],
+        "batches": batch_table(raw_batches, levels),
+        "ratios": ratios,
+        "goals": goals,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    require_device(args.device)
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        try:
+            results = run_benchmark(args, Path(tmp))
+        except BenchmarkError as error:
+            raise SystemExit(f"benchmark failed: {error}") from None
+    report = {"command": " ".join(sys.argv), "date": started, "machine": machine(), **results}
+    print_report(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
