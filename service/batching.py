@@ -3,8 +3,9 @@
 A job is the prepared images of one request and the `Detector` that prepared them. The worker takes
 the first waiting job, then waits up to `max_wait_s` for more jobs of the same detector until the
 batch holds `max_batch` images (the model's fixed batch size when its batch axis is static), runs
-`Detector.infer` once on all of them, and hands every job its own outputs. A full queue refuses a
-job at once (`QueueFull`); a job cancelled while waiting (its request timed out) is skipped.
+`Detector.infer` once on all of them, and hands every job its own outputs. A request takes its place
+in the queue (`reserve`) before its images are prepared, so a full queue refuses it before any work
+(`QueueFull`); a job cancelled while waiting (its request timed out) is skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Self
 
 from .engine import Detector, Prepared, RawOutput
 from .metrics import Metrics
@@ -41,6 +43,32 @@ class _Job:
 _STOP = object()
 
 
+@dataclass(eq=False)
+class QueuePlace:
+    """A place in a worker's queue, held from before a request's images are prepared until the worker takes its
+    job. Used as a context manager: leaving it without `submit` (a bad image, a timeout) frees the place."""
+
+    worker: BatchWorker
+    submitted: bool = False
+
+    def submit(self, detector: Detector, items: list[Prepared]) -> Future[list[RawOutput]]:
+        """Queue `items` (prepared by `detector`); the future gets one RawOutput per item, in order.
+
+        Raises:
+            WorkerStopped: the worker is shutting down.
+        """
+        future = self.worker._put(_Job(detector, items))
+        self.submitted = True
+        return future
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.submitted:
+            self.worker._places.release()
+
+
 class BatchWorker:
     """The inference thread of one model, fed through a bounded queue.
 
@@ -48,14 +76,16 @@ class BatchWorker:
         model: model name (thread name and metric label).
         max_batch: most images in one run for models with a dynamic batch axis.
         max_wait_s: how long the first job of a batch waits for others to join.
-        queue_size: jobs that may wait; `submit` raises `QueueFull` beyond it.
+        queue_size: requests that may wait (being prepared or queued); `reserve` raises `QueueFull` beyond it.
     """
 
     def __init__(self, model: str, max_batch: int, max_wait_s: float, queue_size: int, metrics: Metrics) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._places = threading.BoundedSemaphore(queue_size)  # free places; the worker frees one per job it takes
+        self._queue: queue.Queue[_Job | object] = queue.Queue()  # never over queue_size jobs: each holds a place
         self._carried: _Job | object | None = None  # taken from the queue but left for the next batch
         self._metrics = metrics
         self._stopping = False
@@ -67,36 +97,32 @@ class BatchWorker:
         """Jobs waiting for a model run."""
         return self._queue.qsize() + (self._carried is not None)
 
-    @property
-    def full(self) -> bool:
-        return self._queue.full()
-
-    def submit(self, detector: Detector, items: list[Prepared]) -> Future[list[RawOutput]]:
-        """Queue `items` (prepared by `detector`) for inference; the future gets one RawOutput per item, in order.
+    def reserve(self) -> QueuePlace:
+        """A place in the queue for a request about to prepare its images.
 
         Raises:
-            QueueFull: `queue_size` jobs are waiting already.
+            QueueFull: `queue_size` requests are waiting already (being prepared or queued).
             WorkerStopped: the worker is shutting down.
         """
         if self._stopping:
             raise WorkerStopped(f"model {self.model!r} is shutting down")
-        job = _Job(detector, items)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"model {self.model!r} has {self._queue.maxsize} requests waiting") from None
+        if not self._places.acquire(blocking=False):
+            raise QueueFull(f"model {self.model!r} has {self.queue_size} requests waiting")
+        return QueuePlace(self)
+
+    def _put(self, job: _Job) -> Future[list[RawOutput]]:
+        if self._stopping:
+            raise WorkerStopped(f"model {self.model!r} is shutting down")
+        self._queue.put_nowait(job)
         return job.future
 
     def stop(self, timeout: float) -> None:
         """Run what is queued, then end the thread (waiting at most `timeout` seconds)."""
         self._stopping = True
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(_STOP, timeout=max(timeout, 0.001))
-        except queue.Full:
+        self._queue.put_nowait(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
             logger.warning("inference queue of %r did not drain before shutdown", self.model)
-            return
-        self._thread.join(max(deadline - time.monotonic(), 0.001))
 
     def _batch_limit(self, detector: Detector) -> int:
         return self.max_batch if detector.info.dynamic_batch else detector.info.batch
@@ -106,7 +132,10 @@ class BatchWorker:
         if self._carried is not None:
             job, self._carried = self._carried, None
             return job
-        return self._queue.get(timeout=timeout)
+        job = self._queue.get(timeout=timeout)
+        if job is not _STOP:
+            self._places.release()  # out of the queue: its place is free for another request
+        return job
 
     def _serve(self) -> None:
         while True:

@@ -60,11 +60,18 @@ class ServiceError(StarletteHTTPException):
         models: Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message = _encodable(message)
         super().__init__(status_code=status, detail=message, headers=dict(headers) if headers else None)
         self.message = message
         self.type = type or _ERROR_TYPES.get(status, "error")
-        self.field = field
+        self.field = None if field is None else _encodable(field)
         self.models = list(models) if models is not None else None
+
+
+def _encodable(text: str) -> str:
+    """`text` with lone surrogates (a JSON body can carry them as "\\udfff") written as escapes: the JSON of
+    an error that quotes what the client sent must still encode to UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def from_engine_error(error: EngineError, subject: str = "") -> ServiceError:

@@ -12,12 +12,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import anyio
 import numpy as np
 
-from .batching import QueueFull, WorkerStopped
+from .batching import QueueFull, QueuePlace, WorkerStopped
 from .engine import (
     Detector,
     ImageError,
@@ -65,6 +65,10 @@ class DetectedImage:
     image: np.ndarray | None
 
 
+def _shutting_down(error: WorkerStopped) -> ServiceError:
+    return ServiceError(503, f"{error}; retry later", type="shutting_down", headers={"Retry-After": "1"})
+
+
 async def _in_thread(function: Callable[..., T], *args: object) -> T:
     """Run `function` in the thread pool; a timeout abandons the thread instead of waiting for it."""
     return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
@@ -87,19 +91,19 @@ class Pipeline:
     ) -> list[DetectedImage]:
         """Detect objects in `images` with `detector` (the version of `entry` chosen when the request began)."""
         started = time.perf_counter()
-        self._check_queue(entry)
-        async with self._deadline(entry):
-            outcomes = await asyncio.gather(
-                *(_in_thread(self._prepare, detector, image, options.imgsz, keep_images) for image in images),
-                return_exceptions=True,
-            )
-            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-            if failures:  # the first bad image in request order
-                raise failures[0]
-            prepared: list[tuple[Prepared, np.ndarray | None, float]] = outcomes  # type: ignore[assignment]
-            items = [item for item, _, _ in prepared]
-            raw = await self._infer(entry, detector, items)
-            predictions = await _in_thread(self._finish, detector, raw, items, options)
+        with self._reserve(entry) as place:
+            async with self._deadline(entry):
+                outcomes = await asyncio.gather(
+                    *(_in_thread(self._prepare, detector, image, options.imgsz, keep_images) for image in images),
+                    return_exceptions=True,
+                )
+                failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+                if failures:  # the first bad image in request order
+                    raise failures[0]
+                prepared: list[tuple[Prepared, np.ndarray | None, float]] = outcomes  # type: ignore[assignment]
+                items = [item for item, _, _ in prepared]
+                raw = await self._infer(place, detector, items)
+                predictions = await _in_thread(self._finish, detector, raw, items, options)
         total_ms = (time.perf_counter() - started) * 1e3
         return [
             DetectedImage(prediction, decode_ms, total_ms, image)
@@ -108,21 +112,22 @@ class Pipeline:
 
     async def infer_tensor(self, entry: ModelEntry, detector: Detector, batch: np.ndarray) -> list[RawOutput]:
         """Run the model on a ready network input (N, 3, H, W) through the model's queue; one output per image."""
-        self._check_queue(entry)
-        height, width = batch.shape[2:]
-        box = Letterbox(width, height, width, height, 0, 0, width, height)
-        items = [Prepared(batch[index : index + 1], box, 0.0, 0.0) for index in range(batch.shape[0])]
-        async with self._deadline(entry):
-            return await self._infer(entry, detector, items)
+        with self._reserve(entry) as place:
+            height, width = batch.shape[2:]
+            box = Letterbox(width, height, width, height, 0, 0, width, height)
+            items = [Prepared(batch[index : index + 1], box, 0.0, 0.0) for index in range(batch.shape[0])]
+            async with self._deadline(entry):
+                return await self._infer(place, detector, items)
 
-    def _check_queue(self, entry: ModelEntry) -> None:
-        """Refuse at once, before any work, when the model's queue is full."""
-        if entry.worker.full:
-            self._reject_queue_full(entry, f"model {entry.name!r} has {self.settings.queue_size} requests waiting")
-
-    def _reject_queue_full(self, entry: ModelEntry, reason: str) -> NoReturn:
-        self.metrics.rejected.labels(entry.name, "queue_full").inc()
-        raise ServiceError(503, f"{reason}; retry later", type="queue_full", headers={"Retry-After": "1"})
+    def _reserve(self, entry: ModelEntry) -> QueuePlace:
+        """A place in the model's queue, taken before any work: 503 at once when the queue is full."""
+        try:
+            return entry.worker.reserve()
+        except QueueFull as error:
+            self.metrics.rejected.labels(entry.name, "queue_full").inc()
+            raise ServiceError(503, f"{error}; retry later", type="queue_full", headers={"Retry-After": "1"}) from None
+        except WorkerStopped as error:
+            raise _shutting_down(error) from None
 
     @asynccontextmanager
     async def _deadline(self, entry: ModelEntry) -> AsyncIterator[None]:
@@ -139,14 +144,21 @@ class Pipeline:
                 type="timeout",
             ) from None
 
-    async def _infer(self, entry: ModelEntry, detector: Detector, items: list[Prepared]) -> list[RawOutput]:
+    @staticmethod
+    async def _infer(place: QueuePlace, detector: Detector, items: list[Prepared]) -> list[RawOutput]:
         try:
-            future = entry.worker.submit(detector, items)
-        except QueueFull as error:
-            self._reject_queue_full(entry, str(error))
+            future = place.submit(detector, items)
         except WorkerStopped as error:
-            raise ServiceError(503, f"{error}; retry later", type="shutting_down", headers={"Retry-After": "1"})
-        return await asyncio.wrap_future(future)
+            raise _shutting_down(error) from None
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as error:  # the batch's model run failed (the worker logged it); the worker serves on
+            raise ServiceError(
+                500,
+                f"the model run of this request's batch failed ({type(error).__name__}); other requests are "
+                "unaffected and the request can be retried",
+                type="inference_failed",
+            ) from None
 
     @staticmethod
     def _prepare(

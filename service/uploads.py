@@ -129,6 +129,8 @@ async def read_detect_request(
             document = await anyio.to_thread.run_sync(json.loads, body)
         except (ValueError, UnicodeDecodeError) as error:
             raise ServiceError(400, f"the body is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ServiceError(400, "the JSON body is nested too deeply") from None
         if not isinstance(document, dict):
             raise ServiceError(
                 422, f"the JSON body must be an object with '{JSON_IMAGES_FIELD}', got {type(document).__name__}"

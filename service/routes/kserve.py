@@ -216,7 +216,7 @@ async def _read_body(request: Request, settings: Settings) -> tuple[bytes, bytes
     header_length = request.headers.get(_HEADER_LENGTH)
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise ServiceError(
             400, f"{_HEADER_LENGTH} is {header_length!r}; it must be the JSON header's size, at most {len(body)}"
         )
@@ -228,6 +228,8 @@ def _parse_request(header: bytes) -> InferRequest:
         document = json.loads(header)
     except (ValueError, UnicodeDecodeError) as error:
         raise ServiceError(400, f"the inference request is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ServiceError(400, "the inference request is nested too deeply") from None
     try:
         return InferRequest.model_validate(document)
     except ValidationError as error:
@@ -282,7 +284,7 @@ def _input_batch(request: InferRequest, binary: bytes, info: ModelInfo, max_batc
             raise ServiceError(400, f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
         try:
             array = np.asarray(tensor.data, dtype)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise ServiceError(400, f"input data is not a {datatype} array: {error}") from None
         if array.size != expected_bytes // dtype.itemsize:
             raise ServiceError(
