@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attention, check_positive_int
+from .base import ScalingAttention, check_positive_int
 
 
-class CBAM(Attention):
+class CBAM(ScalingAttention):
     """Convolutional Block Attention Module (Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018,
     arXiv:1807.06521).
 
@@ -26,8 +26,8 @@ class CBAM(Attention):
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        channel_gate = self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True))
-        x = x * channel_gate.sigmoid()
-        spatial_gate = self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1))
-        return x * spatial_gate.sigmoid()
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        channel_gate = (self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True))).sigmoid()
+        x = x * channel_gate
+        spatial_gate = self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)).sigmoid()
+        return channel_gate * spatial_gate

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attention, check_positive_int
+from .base import ScalingAttention, check_positive_int
 
 
-class CoordAtt(Attention):
+class CoordAtt(ScalingAttention):
     """Coordinate Attention (Hou et al., "Coordinate Attention for Efficient Mobile Network Design", CVPR 2021,
     arXiv:2103.02907).
 
@@ -26,11 +26,11 @@ class CoordAtt(Attention):
         self.expand_h = nn.Conv2d(hidden, channels, 1)
         self.expand_w = nn.Conv2d(hidden, channels, 1)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[2]
         pooled_h = x.mean(3, keepdim=True)  # (N, C, H, 1)
         pooled_w = x.mean(2, keepdim=True).transpose(2, 3)  # (N, C, W, 1)
         y = self.reduce(torch.cat([pooled_h, pooled_w], 2))  # (N, hidden, H + W, 1)
         a_h = self.expand_h(y[:, :, :h]).sigmoid()
         a_w = self.expand_w(y[:, :, h:].transpose(2, 3)).sigmoid()
-        return x * a_h * a_w
+        return a_h * a_w

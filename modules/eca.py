@@ -7,10 +7,10 @@ import math
 import torch
 from torch import nn
 
-from .base import Attention, check_positive_int
+from .base import ScalingAttention, check_positive_int
 
 
-class ECA(Attention):
+class ECA(ScalingAttention):
     """Efficient Channel Attention (Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
     Networks", CVPR 2020, arXiv:1910.03151).
 
@@ -33,7 +33,6 @@ class ECA(Attention):
         t = int(abs((math.log2(channels) + b) / gamma))
         return t if t % 2 else t + 1
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         descriptor = x.mean((2, 3)).unsqueeze(1)  # (N, 1, C): the channels are the 1-D sequence
-        weights = self.conv(descriptor).sigmoid()
-        return x * weights.transpose(1, 2).unsqueeze(-1)
+        return self.conv(descriptor).sigmoid().transpose(1, 2).unsqueeze(-1)

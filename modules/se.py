@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Attention, check_positive_int
+from .base import ScalingAttention, check_positive_int
 
 
-class SE(Attention):
+class SE(ScalingAttention):
     """Squeeze-and-Excitation (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, arXiv:1709.01507).
 
     Channel gates from a bottleneck MLP (``channels -> max(channels // reduction, 8) -> channels``, ReLU, sigmoid)
@@ -22,5 +22,5 @@ class SE(Attention):
             nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
         )
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc(x.mean((2, 3), keepdim=True))
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3), keepdim=True))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attention
+from .base import ScalingAttention
 
 
-class SimAM(Attention):
+class SimAM(ScalingAttention):
     """SimAM (Yang et al., "SimAM: A Simple, Parameter-Free Attention Module for Convolutional Neural Networks",
     ICML 2021).
 
@@ -23,14 +23,14 @@ class SimAM(Attention):
             raise ValueError(f"SimAM: lambda_ must be a positive number, got {lambda_!r}")
         self.lambda_ = float(lambda_)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
         positions = x.shape[2] * x.shape[3]
         n = positions - 1
         n = n + (n == 0)  # max(n, 1) that also works on the size tensors seen while tracing for ONNX
         d = (x - x.mean((2, 3), keepdim=True)).pow(2)
         variance = d.mean((2, 3), keepdim=True) * (positions / n)  # sum / n, without a half-precision overflow
         inverse_energy = d / (4 * (variance + self.lambda_)) + 0.5
-        return x * inverse_energy.sigmoid()
+        return inverse_energy.sigmoid()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, lambda_={self.lambda_}"
