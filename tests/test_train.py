@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,30 @@ def test_relative_project_is_relative_to_the_working_directory(tmp_path, shapes_
     monkeypatch.chdir(tmp_path)
     assert main(["train", "yolo11n", "--data", str(shapes_data), "--project", "runs", *TINY, "epochs=1"]) == 0
     assert (tmp_path / "runs" / "yolo11n" / "weights" / "best.pt").exists()
+
+
+def test_ddp_worker_rebuilds_our_trainer_and_layers_in_a_fresh_process(tmp_path, shapes_data):
+    """Multi-GPU training can't run here; what can break is the worker's start: Ultralytics pickles the trainer
+    (class by reference) and the model for each DDP worker process, which never ran `import detector`."""
+    from ultralytics.utils.dist import generate_ddp_file
+
+    from detector import ultralytics_adapter as adapter
+    from detector.models import write_yaml
+
+    yaml_path = write_yaml("yolo11n-cbam", tmp_path / "yolo11n-cbam.yaml", nc=2)
+    trainer = adapter.AttentionTrainer(overrides={"model": str(yaml_path), "data": str(shapes_data), "epochs": 1,
+                                                  "imgsz": 64, "project": str(tmp_path), "name": "ddp"})
+    trainer.model = trainer.get_model(cfg=str(yaml_path), verbose=False)
+    script = Path(generate_ddp_file(trainer))
+    try:
+        # the generated worker script, up to (not including) trainer.train(); then rebuild the model from its YAML
+        worker = script.read_text().replace("trainer.train()", (
+            "rebuilt = trainer.get_model(cfg=trainer.model.yaml, verbose=False)\n"
+            "    print('WORKER', type(trainer).__name__, type(trainer.model.model[17]).__name__, "
+            "type(rebuilt.model[21]).__name__)"))
+        out = subprocess.run([sys.executable, "-c", worker], capture_output=True, text=True, timeout=120)
+    finally:
+        script.unlink()
+        script.with_suffix(".pt").unlink(missing_ok=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "WORKER AttentionTrainer CBAM CBAM" in out.stdout
