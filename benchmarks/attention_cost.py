@@ -12,9 +12,7 @@ attention layers change), also interleaved.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", default="n,s", help="YOLO11 scales to measure (default: n,s)")
     parser.add_argument("--modules", default=None,
@@ -41,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=8, help="batch of the training pass (default: 8)")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training passes per model (default: 5; 0 skips)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (default: don't)")
-    return parser.parse_args()
+    return parser
 
 
 def export_static(name: str, imgsz: int, directory: Path) -> Path:
@@ -96,10 +94,10 @@ def time_training(names: list[str], imgsz: int, batch: int, steps: int) -> dict:
 
 
 def main() -> int:
-    args = parse_args()
-    import onnxruntime as ort
+    args = build_parser().parse_args()
     import torch
 
+    from benchmarks.engine import machine, write_report
     from detector.info import measure
     from detector.models import build_model
     from modules import ATTENTION
@@ -128,13 +126,10 @@ def main() -> int:
     for r in rows:
         train = f"{r['train_images_per_s']:13.2f}{r['train_ratio']:8.2f}" if r["train_ratio"] else f"{'—':>13}{'—':>8}"
         print(f"{r['model']:<22}{r['params']:>11,}{r['gflops']:8.2f}{r['latency_ms']:12.2f}{r['latency_ratio']:8.3f}{train}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-            "torch": torch.__version__, "onnxruntime": ort.__version__, "args": {k: str(v) for k, v in vars(args).items()},
-            "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows,
-        }, indent=1))
+    write_report(args.out, {
+        "machine": machine(), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
+        "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows,
+    })
     return 0
 
 

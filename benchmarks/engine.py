@@ -40,7 +40,7 @@ CONF = 0.25
 IOU = 0.7
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="detection ONNX exported by Ultralytics")
     parser.add_argument(
@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--int8-model", type=Path, help="INT8 ONNX of the same model, to compare with FP32")
     parser.add_argument("--no-ultralytics", action="store_true", help="skip the Ultralytics predictor case")
     parser.add_argument("--out", type=Path, help="write all measurements to this JSON file")
-    return parser.parse_args()
+    return parser
 
 
 def default_images() -> list[Path]:
@@ -94,8 +94,17 @@ def machine() -> dict[str, object]:
     }
 
 
+def write_report(out: Path | None, report: dict[str, object]) -> None:
+    """Write ``report`` as JSON to ``out`` (when given), creating its folder."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     images = args.images or default_images()
     threads = args.threads or physical_cores()
     detector = Detector(args.model, threads=threads)
@@ -188,8 +197,7 @@ def main() -> None:
             "machine": machine(),
             "results": results,
         }
-        args.out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
 
 
 def print_table(results: list[dict]) -> None:

@@ -25,7 +25,6 @@ concurrency 1 <= 0.90x the Ultralytics loop p50.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before benchmarks/ (this script's folder): `service` is the package, not this file
 
-from benchmarks.engine import machine, timed
+from benchmarks.engine import machine, timed, write_report
 from benchmarks.loadgen import (
     CLIENTS,
     BenchmarkError,
@@ -459,10 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"benchmark failed: {error}") from None
     report = {"command": " ".join(sys.argv), "date": started, "machine": machine(), **results}
     print_report(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -21,7 +21,6 @@ p99 <= 1.25x the early windows'); under overload, 503s answered within 50 ms (th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -36,7 +35,7 @@ from typing import Any, Self
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `service` is the package, `benchmarks` the folder of these scripts
 
-from benchmarks.engine import machine
+from benchmarks.engine import machine, write_report
 from benchmarks.loadgen import (
     CLIENTS,
     MB,
@@ -457,10 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["goals"] = evaluate(report, args)
     print_report(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

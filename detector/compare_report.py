@@ -170,10 +170,10 @@ def markdown(report: dict, command: str) -> str:
         f"- machine: {report['machine']}; date: {report['date']}",
         f"- command: `{command}`",
         "",
-        "Mean ± sd over seeds. Δ is the difference of means to the YOLO11 baseline of the same scale; `**` marks a Δ "
+        ("Mean ± sd over seeds. Δ is the difference of means to the YOLO11 baseline of the same scale; `**` marks a Δ "
         f"whose two-sided Welch's t-test over the seeds gives p < {ALPHA} (n/a: fewer than 2 seeds). Latency: median "
         "ONNX Runtime time of one image at the compare imgsz (seed-0 model, models timed interleaved in one process); "
-        "ratios are to the baseline measured in the same run.",
+        "ratios are to the baseline measured in the same run."),
         "",
     ]
     for split in splits:
@@ -219,10 +219,18 @@ def write_csv(path: Path, report: dict) -> None:
 
 
 def plot(out: Path, report: dict) -> None:
+    """pareto.png (accuracy vs latency), pr_curves.png and training_curves.png, one line or point per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def save(fig, ax, name: str, **labels) -> None:
+        ax.set(**labels)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -231,30 +239,19 @@ def plot(out: Path, report: dict) -> None:
         ax.errorbar(r["latency_ms"]["cpu"], m["mean"], yerr=m["sd"], fmt="o", capsize=4, label=r["model"])
     front = pareto_front([(r["latency_ms"]["cpu"], r["val"]["map50_95"]["mean"]) for r in rows])
     ax.plot(*zip(*front), "k--", lw=0.8, label="Pareto front")
-    ax.set(xlabel="ONNX Runtime CPU latency (ms)", ylabel="val mAP50-95 (mean ± sd over seeds)",
-           title="Accuracy vs latency")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "pareto.png", xlabel="ONNX Runtime CPU latency (ms)",
+         ylabel="val mAP50-95 (mean ± sd over seeds)", title="Accuracy vs latency")
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in rows:
         ax.plot(r["pr_curve"]["recall"], r["pr_curve"]["precision"], label=r["model"])
-    ax.set(xlabel="recall", ylabel="precision (class mean, seed mean)", title="Precision-recall on val", xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pr_curves.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "pr_curves.png", xlabel="recall", ylabel="precision (class mean, seed mean)",
+         title="Precision-recall on val", xlim=(0, 1), ylim=(0, 1.02))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in rows:
         ax.plot(range(1, len(r["training_curve"]) + 1), r["training_curve"], label=r["model"])
-    ax.set(xlabel="epoch", ylabel="val mAP50-95 (seed mean)", title="Training curves")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=120)
-    plt.close(fig)
+    save(fig, ax, "training_curves.png", xlabel="epoch", ylabel="val mAP50-95 (seed mean)", title="Training curves")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

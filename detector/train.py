@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="baseline checkpoint to start from: its weights are transferred into the variant, "
                              "which starts as an exact copy of the baseline (default: train from scratch)")
     for key, (kind, default, help_text) in COMMON_ARGS.items():
-        parser.add_argument(f"--{key}", type=kind, default=default, help=f"{help_text} (default: {default})")
+        parser.add_argument(f"--{key}", type=kind, default=default, help=help_text if "(default:" in help_text else f"{help_text} (default: {default})")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="any other Ultralytics train argument, e.g. lr0=0.001 mosaic=0.5 patience=20 amp=False")
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the service benchmarks (benchmarks/service.py, soak.py, loadgen.py).
+"""Smoke tests of the benchmarks (benchmarks/engine.py, attention_cost.py, service.py, soak.py, loadgen.py).
 
 Each script runs end to end with tiny settings against a real `python -m service` and the shipped model, and the
 JSON it writes is checked for its fields and for figures that agree with each other. The load generator's HTTP
@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("service.py", "soak.py", "loadgen.py")
+SCRIPTS = ("engine.py", "attention_cost.py", "service.py", "soak.py", "loadgen.py")
 
 
 def load_script(name: str) -> ModuleType:
@@ -260,3 +260,29 @@ def test_raw_client_reads_every_response_framing(scripted_server):
     # The 503 goes out on the connection closed without notice, is retried once on a new one and answered there.
     assert loop.run_until_complete(send_all()) == ([200, 201, 503, 202, 200], {})
     assert connections[0] == 4
+
+
+def test_engine_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
+    out = tmp_path / "engine.json"
+    result = run_script(
+        "engine.py", "--model", str(trained_onnx_dynamic), "--runs", "2", "--warmup", "1", "--threads", "1",
+        "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["threads"] == 1 and report["machine"]["onnxruntime"] == ort.__version__
+    assert {row["image"] for row in report["results"]} == {"bus.jpg", "zidane.jpg"}, report["results"]
+
+
+def test_attention_cost_benchmark_writes_its_report(tmp_path):
+    out = tmp_path / "cost.json"
+    result = run_script(
+        "attention_cost.py", "--scales", "n", "--modules", "eca", "--imgsz", "64", "--runs", "2", "--warmup", "0",
+        "--threads", "1", "--train-imgsz", "64", "--train-batch", "1", "--train-steps", "1", "--out", str(out),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"yolo11n", "yolo11n-eca"}, rows
+    assert rows["yolo11n"]["latency_ratio"] == 1.0 and rows["yolo11n-eca"]["params"] > rows["yolo11n"]["params"]
+    assert rows["yolo11n-eca"]["latency_ratio"] > 0 and rows["yolo11n-eca"]["train_ratio"] > 0
