@@ -51,11 +51,19 @@ def test_predict_folder_to_jsonl_coco_and_annotated(tmp_path, real_photos, train
     assert set(records[0]) == {"image_id", "category_id", "bbox", "score"} and records[0]["image_id"] == "bus"
 
 
-def test_val_of_an_onnx_model(trained_onnx_static, bccd_data, tmp_path, capsys):
+def test_val_of_an_onnx_model(trained_onnx_static, trained_onnx_dynamic, bccd_data, tmp_path, capsys):
     assert main(["val", str(trained_onnx_static), "--data", str(bccd_data), "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0 < metrics["map50_95"] < metrics["map50"] <= 1
     assert "RBC" in capsys.readouterr().out
+    # a dynamic model is validated at its export size, not at Ultralytics' default 640
+    assert main(["val", str(trained_onnx_dynamic), "--data", str(bccd_data), "--json", str(tmp_path / "d.json")]) == 0
+    dynamic = json.loads((tmp_path / "d.json").read_text())
+    assert dynamic["map50_95"] == pytest.approx(metrics["map50_95"], abs=0.01), (dynamic, metrics)
+    checkpoint = Path(__file__).resolve().parents[1] / "weights" / "bccd.pt"  # validated at its training size
+    assert main(["val", str(checkpoint), "--data", str(bccd_data), "--json", str(tmp_path / "p.json")]) == 0
+    torch_metrics = json.loads((tmp_path / "p.json").read_text())
+    assert torch_metrics["map50_95"] == pytest.approx(metrics["map50_95"], abs=0.01), (torch_metrics, metrics)
 
 
 def test_annotated_output_that_cannot_be_written_is_an_error(tmp_path, real_photos, trained_onnx_dynamic, monkeypatch):
