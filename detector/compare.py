@@ -145,6 +145,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None,
                         help="baseline checkpoint every model starts from (variants through weight transfer); "
                              "default: every model from scratch")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads for the latency column; on a machine whose cores are "
+                             "busy or shared, 1 gives far steadier figures (default: physical cores)")
     parser.add_argument("--latency-runs", type=int, default=50,
                         help="timed ONNX Runtime runs per model, interleaved across models (default: 50)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory (default: runs/compare)")
@@ -175,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(len(pending) * args.epochs)
     for model, seed in pending:
         train_one(plan, model, seed, run_dir(args.out, model, seed), data, progress)
-    latency = measure_latency(args.out, plan.models, args.imgsz, args.latency_runs)
+    latency = measure_latency(args.out, plan.models, args.imgsz, args.latency_runs, args.threads)
     report = collect(args.out, plan, latency)
     write_report(args.out, report, command=vars(args))
     print((args.out / "compare.md").read_text())

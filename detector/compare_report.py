@@ -37,9 +37,11 @@ def summarise(values: list[float]) -> dict:
     }
 
 
-def measure_latency(out: Path, models: list[str], imgsz: int, runs: int, warmup: int = 5) -> dict:
+def measure_latency(out: Path, models: list[str], imgsz: int, runs: int, threads: int | None = None,
+                    warmup: int = 5) -> dict:
     """Median ONNX Runtime latency (ms) of each model's seed-0 checkpoint at ``imgsz``, on CPU and on CUDA when
-    available. Models are timed round-robin, so drifting machine load hits them all alike."""
+    available, with ``threads`` intra-op threads (default: physical cores). Models are timed round-robin, so
+    drifting machine load hits them all alike."""
     from service.engine.model import create_session
 
     from . import ultralytics_adapter as adapter
@@ -59,7 +61,7 @@ def measure_latency(out: Path, models: list[str], imgsz: int, runs: int, warmup:
     devices = ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
     latency: dict = {}
     for device in devices:
-        sessions = {m: create_session(p, device=device) for m, p in paths.items()}
+        sessions = {m: create_session(p, device=device, threads=threads) for m, p in paths.items()}
         feeds = {m: {s.get_inputs()[0].name: x} for m, s in sessions.items()}
         times: dict[str, list[float]] = {m: [] for m in models}
         for i in range(warmup + runs):

@@ -30,7 +30,7 @@ def test_welch_and_pareto():
 def test_tiny_compare_writes_report_and_resumes(tmp_path, shapes_data, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--data", str(shapes_data), "--models", "yolo11n-se", "--epochs", "2", "--imgsz", "64",
-            "--batch", "4", "--seeds", "2", "--workers", "0", "--latency-runs", "3", "--out", str(out),
+            "--batch", "4", "--seeds", "2", "--workers", "0", "--latency-runs", "3", "--threads", "1", "--out", str(out),
             "plots=False", "nbs=4"]
     assert main(args) == 0
     printed = capsys.readouterr().out
