@@ -340,6 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
+DEFAULT_MODEL = REPO / "weights" / "bccd.onnx"
+
+
+def add_model_and_image_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--model` (the ONNX the service serves) and `--image` (sent in every request), as the benchmarks take them."""
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help=f"detection ONNX to serve (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        help="image sent in every request (default: a 640x480 BCCD photo from the shared datasets, else "
+        "ultralytics' bus.jpg resized to 640x480)",
+    )
+
+
 def default_image(workdir: Path) -> Path:
     """A 640x480 JPEG: the BCCD photo from the shared datasets, else bus.jpg resized to 640x480 into `workdir`."""
     if BCCD_IMAGE.is_file():

@@ -45,6 +45,7 @@ from benchmarks.loadgen import (
     BenchmarkError,
     ServiceProcess,
     ServiceSettings,
+    add_model_and_image_arguments,
     default_image,
     describe_image,
     format_ms,
@@ -62,7 +63,6 @@ from benchmarks.loadgen import (
 from service.engine import Detector, DeviceError, ImageError, ModelError, physical_cores
 from service.engine.model import create_session
 
-DEFAULT_MODEL = REPO / "weights" / "bccd.onnx"
 GPU_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 CONF = 0.25  # the service's and Ultralytics' default thresholds
 IOU = 0.7
@@ -75,15 +75,7 @@ GOAL_CONCURRENCY_THROUGHPUT = 8
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help=f"detection ONNX to serve (default: {DEFAULT_MODEL})"
-    )
-    parser.add_argument(
-        "--image",
-        type=Path,
-        help="image sent in every request (default: a 640x480 BCCD photo from the shared datasets, else "
-        "ultralytics' bus.jpg resized to 640x480)",
-    )
+    add_model_and_image_arguments(parser)
     parser.add_argument(
         "--device", default="cpu", help="cpu, cuda or cuda:N, for the service and the references (default: cpu)"
     )

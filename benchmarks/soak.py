@@ -45,6 +45,7 @@ from benchmarks.loadgen import (
     Record,
     ServiceProcess,
     ServiceSettings,
+    add_model_and_image_arguments,
     default_image,
     describe_image,
     format_ms,
@@ -62,22 +63,13 @@ from benchmarks.loadgen import (
 )
 from service.engine import ImageError, physical_cores
 
-DEFAULT_MODEL = REPO / "weights" / "bccd.onnx"
 QUEUE_FULL = 503
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     service = parser.add_argument_group("service")
-    service.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help=f"detection ONNX to serve (default: {DEFAULT_MODEL})"
-    )
-    service.add_argument(
-        "--image",
-        type=Path,
-        help="image sent in every request (default: a 640x480 BCCD photo from the shared datasets, else "
-        "ultralytics' bus.jpg resized to 640x480)",
-    )
+    add_model_and_image_arguments(service)
     service.add_argument("--device", default="cpu", help="DETECT_DEVICE: cpu, cuda or cuda:N (default: cpu)")
     service.add_argument("--threads", type=positive_int, help="DETECT_THREADS (default: the physical cores available)")
     service.add_argument("--max-batch", type=positive_int, default=8, help="DETECT_MAX_BATCH (default: 8)")
