@@ -126,8 +126,14 @@ def train(model: str | Path, callbacks: dict[str, Callable] | None = None, **arg
 def validate(model: str | Path, **args) -> dict:
     """Ultralytics validation (``data``, ``split``, ``imgsz``, ``batch``, ``device``...) of a checkpoint or ONNX file.
 
-    Returns mAP50-95, mAP50, precision, recall, per-class mAP50-95 and the class-mean precision-recall curve.
+    Returns mAP50-95, mAP50, precision, recall, per-class mAP50-95 and the class-mean precision-recall curve. An ONNX
+    model is validated at its export size unless ``imgsz`` is given (Ultralytics would take 640 for a dynamic one; a
+    checkpoint already gets its training size).
     """
+    if Path(model).suffix == ".onnx" and "imgsz" not in args:
+        from service.engine.model import create_session, read_model_info
+
+        args["imgsz"] = max(read_model_info(create_session(model, threads=1), model).imgsz)
     metrics = yolo(model).val(plots=False, verbose=False, **args)
     box = metrics.box
     recall, precision, *_ = box.curves_results[0]

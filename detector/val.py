@@ -19,25 +19,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
 
 
-def export_size(model: Path) -> int | None:
-    """The size an ONNX model was exported at, from its metadata (Ultralytics would validate a dynamic ONNX at its
-    default 640); None for a checkpoint, whose own training size Ultralytics uses."""
-    if model.suffix != ".onnx":
-        return None
-    from service.engine.model import create_session, read_model_info
-
-    return max(read_model_info(create_session(model, threads=1), model).imgsz)
-
-
 def run(args: argparse.Namespace) -> int:
     from . import ultralytics_adapter as adapter
     from .train import check_data
 
     options = {"data": str(check_data(args.data)), "split": args.split, "batch": args.batch, "conf": args.conf,
                "iou": args.iou, "device": args.device}
-    imgsz = args.imgsz or export_size(args.model)
-    if imgsz:
-        options["imgsz"] = imgsz
+    if args.imgsz:
+        options["imgsz"] = args.imgsz
     metrics = adapter.validate(args.model, **options)
     print(f"{args.model} on {args.split}: mAP50-95 {metrics['map50_95']:.4f}  mAP50 {metrics['map50']:.4f}  "
           f"precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}")
