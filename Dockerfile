@@ -10,8 +10,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------------------------
 # build: the service-only install of this repository (`pip install .` without extras) in /opt/venv, as an editable
-# install of /app: the code stays in /app/service, next to /app/weights, where the service looks for its default
-# models, and the package metadata (version) is installed. Dependencies first, so code changes reuse their layer.
+# install of /app: the code stays in /app/engine and /app/service, next to /app/weights, where the service looks
+# for its default models, and the package metadata (version) is installed. Dependencies first, so code changes reuse
+# their layer.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -20,14 +21,27 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# Optional secrets for builds behind a proxy or a private index (deploy/build-image.sh passes the host's): pip.conf is
+# mounted as /etc/pip.conf, and the CA bundle it names, for these RUN steps only; neither stays in any image.
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
-# setuptools' package discovery finds `service` alone here; the `attention-yolo` command needs the training
+# setuptools' package discovery finds `engine` and `service` alone here; the `attention-yolo` command needs the training
 # packages, which the image does not have, so it goes.
+COPY engine/ engine/
 COPY service/ service/
-RUN pip install --no-deps -e . \
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca \
+    pip install --no-deps -e . \
     && rm -f /opt/venv/bin/attention-yolo \
+    && python -c "import service.app"
+
+# build-cpu: that environment without pip and setuptools, which the service never uses, and without the packages' own
+# test suites (NumPy's are 17 MB): about 40 MB less in the CPU image (docs/DEPLOY.md). build-gpu keeps pip to swap
+# onnxruntime.
+FROM build AS build-cpu
+RUN pip uninstall -y -q pip setuptools \
+    && find /opt/venv/lib -depth -type d -path "*/site-packages/*" \( -name tests -o -name test \) -exec rm -rf {} + \
     && python -c "import service.app"
 
 # build-gpu: the same environment with onnxruntime-gpu in place of onnxruntime (both provide the `onnxruntime`
@@ -36,7 +50,8 @@ RUN pip install --no-deps -e . \
 # an NVIDIA driver for that CUDA major (CUDA 13: driver >= 580) and the NVIDIA Container Toolkit.
 FROM build AS build-gpu
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
-RUN pip uninstall -y onnxruntime \
+RUN --mount=type=secret,id=pip.conf,target=/etc/pip.conf --mount=type=secret,id=pip-ca \
+    pip uninstall -y onnxruntime \
     && pip install "onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_GPU_VERSION}" \
     && python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"
 
@@ -57,9 +72,10 @@ WORKDIR /app
 # Root-owned, so read-only for the service user: models, probe and code cannot be changed at run time.
 COPY weights/*.onnx /app/weights/
 COPY deploy/healthcheck.py /app/healthcheck.py
+COPY engine/ /app/engine/
 COPY service/ /app/service/
 # Bytecode compiled now: the service user cannot write it (and compose mounts the root filesystem read-only).
-RUN python -m compileall -q /app/service
+RUN python -m compileall -q /app/engine /app/service
 EXPOSE 8000
 # uvicorn drains in-flight requests on SIGTERM for up to DETECT_GRACEFUL_TIMEOUT_S; give the container longer
 # than that before SIGKILL (`docker run --stop-timeout 35`, compose `stop_grace_period: 35s`).
@@ -87,6 +103,6 @@ USER 10001:10001
 
 # cpu: the default target (last stage).
 FROM runtime AS cpu
-COPY --from=build /opt/venv /opt/venv
+COPY --from=build-cpu /opt/venv /opt/venv
 ENV DETECT_DEVICE=cpu
 USER 10001:10001

@@ -30,14 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", default="n,s", help="YOLO11 scales to measure (default: n,s)")
     parser.add_argument("--modules", default=None,
                         help="comma-separated attention names (default: every registered module)")
-    parser.add_argument("--extra", default="", help="extra model names to include, e.g. yolo11n-cbam-both (default: none)")
+    parser.add_argument("--extra", default="",
+                        help="extra model names to include, e.g. yolo11n-cbam-both (default: none)")
     parser.add_argument("--imgsz", type=int, default=640, help="inference image size (default: 640)")
     parser.add_argument("--runs", type=int, default=30, help="timed inference rounds (default: 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default: 3)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: physical cores)")
     parser.add_argument("--train-imgsz", type=int, default=320, help="image size of the training pass (default: 320)")
     parser.add_argument("--train-batch", type=int, default=8, help="batch of the training pass (default: 8)")
-    parser.add_argument("--train-steps", type=int, default=5, help="timed training passes per model (default: 5; 0 skips)")
+    parser.add_argument("--train-steps", type=int, default=5,
+                        help="timed training passes per model (default: 5; 0 skips)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here (default: don't)")
     return parser
 
@@ -51,7 +54,7 @@ def export_static(name: str, imgsz: int, directory: Path) -> Path:
 
 
 def time_inference(paths: dict[str, Path], imgsz: int, runs: int, warmup: int, threads: int | None) -> dict:
-    from service.engine.model import create_session
+    from engine.model import create_session
 
     sessions = {name: create_session(path, threads=threads) for name, path in paths.items()}
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
@@ -96,6 +99,7 @@ def time_training(names: list[str], imgsz: int, batch: int, steps: int) -> dict:
 def main() -> int:
     args = build_parser().parse_args()
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from benchmarks.engine import machine, write_report
     from detector.info import measure
@@ -111,10 +115,12 @@ def main() -> int:
             print(f"exporting {len(names)} models at scale {scale}...", file=sys.stderr)
             paths = {name: export_static(name, args.imgsz, Path(tmp)) for name in names}
             latency = time_inference(paths, args.imgsz, args.runs, args.warmup, args.threads)
-            train = time_training(names, args.train_imgsz, args.train_batch, args.train_steps) if args.train_steps else {}
+            train = (time_training(names, args.train_imgsz, args.train_batch, args.train_steps)
+                     if args.train_steps else {})
             base = names[0]
             for name in names:
-                params, gflops, _, _ = measure(build_model(name), (args.imgsz, args.imgsz))
+                with sdpa_kernel(SDPBackend.MATH):  # torch's FLOP counter cannot count SDPA's CPU flash kernel
+                    params, gflops, _, _ = measure(build_model(name), (args.imgsz, args.imgsz))
                 rows.append({
                     "model": name, "params": params, "gflops": gflops, "latency_ms": latency[name],
                     "latency_ratio": latency[name] / latency[base],

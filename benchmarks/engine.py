@@ -12,6 +12,7 @@ other processes affects them alike. Reported numbers are medians in milliseconds
 
 Example:
     python benchmarks/engine.py --model model.onnx --images a.jpg b.jpg --runs 30 --out bench.json
+    python benchmarks/engine.py --model model.onnx --device cuda --out bench-gpu.json
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.engine import Detector, physical_cores
-from service.engine.model import create_session
-from service.engine.preprocess import letterbox, to_input_tensor
+from benchmarks.loadgen import require_device
+from engine import Detector, physical_cores
+from engine.model import create_session
+from engine.preprocess import letterbox, to_input_tensor
 
 CONF = 0.25
 IOU = 0.7
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per image and case (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per image and case first (default: 3)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: physical cores available)")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N, for the engine and the references (default: cpu)"
+    )
     parser.add_argument("--int8-model", type=Path, help="INT8 ONNX of the same model, to compare with FP32")
     parser.add_argument("--no-ultralytics", action="store_true", help="skip the Ultralytics predictor case")
     parser.add_argument("--out", type=Path, help="write all measurements to this JSON file")
@@ -105,14 +110,17 @@ def write_report(out: Path | None, report: dict[str, object]) -> None:
 
 def main() -> None:
     args = build_parser().parse_args()
+    require_device(args.device)
     images = args.images or default_images()
     threads = args.threads or physical_cores()
-    detector = Detector(args.model, threads=threads)
-    raw_session = create_session(args.model, threads=threads)
+    device = args.device
+    detector = Detector(args.model, device=device, threads=threads)
+    raw_session = create_session(args.model, device, threads=threads)
     info = detector.info
     imgsz = args.imgsz if info.dynamic_hw else None
-    int8 = Detector(args.int8_model, threads=threads) if args.int8_model else None
-    int8_session = create_session(args.int8_model, threads=threads) if args.int8_model else None
+    int8 = Detector(args.int8_model, device=device, threads=threads) if args.int8_model else None
+    int8_session = create_session(args.int8_model, device, threads=threads) if args.int8_model else None
+    ultralytics_device = "cpu" if device == "cpu" else device.partition(":")[2] or "0"
     yolo = None
     if not args.no_ultralytics:
         os.environ.setdefault("YOLO_AUTOINSTALL", "False")
@@ -122,10 +130,12 @@ def main() -> None:
         yolo = YOLO(str(args.model), task="detect")
     reference_imgsz = (imgsz or info.imgsz[0]) if info.dynamic_hw else list(info.imgsz)
     if yolo is not None:
-        # The first call builds Ultralytics' predictor; its ONNX Runtime session is then swapped for one with the
-        # engine's settings, so the comparison measures the two pipelines rather than two thread configurations.
-        yolo.predict(str(images[0]), imgsz=reference_imgsz, verbose=False)
-        yolo.predictor.model.backend.session = create_session(args.model, threads=threads)
+        # The first call builds Ultralytics' predictor; on CPU its ONNX Runtime session is then swapped for one with
+        # the engine's settings, so the comparison measures the two pipelines rather than two thread configurations
+        # (on CUDA its session is kept: it may be bound to its I/O buffers).
+        yolo.predict(str(images[0]), imgsz=reference_imgsz, device=ultralytics_device, verbose=False)
+        if device == "cpu":
+            yolo.predictor.model.backend.session = create_session(args.model, threads=threads)
 
     results = []
     for path in images:
@@ -144,7 +154,7 @@ def main() -> None:
         }
         if yolo is not None:
             cases["ultralytics"] = lambda path=path: yolo.predict(
-                str(path), conf=CONF, iou=IOU, imgsz=reference_imgsz, verbose=False
+                str(path), conf=CONF, iou=IOU, imgsz=reference_imgsz, device=ultralytics_device, verbose=False
             )
         if info.dynamic_hw:
             height, width = prepared.letterbox.height, prepared.letterbox.width
@@ -194,6 +204,8 @@ def main() -> None:
             "runs": args.runs,
             "warmup": args.warmup,
             "threads": threads,
+            "device": device,
+            "providers": list(info.providers),
             "machine": machine(),
             "results": results,
         }

@@ -1,9 +1,9 @@
 """Load generator for the REST service, and the helpers the service benchmarks share.
 
 Run as its own process (so that the client's CPU work and GIL stay out of the measured process), it sends
-`POST /v1/detect` with one image as a multipart upload (the request is built once, as wrk sends it) from asyncio,
-through a lean HTTP/1.1 keep-alive client (default; about 0.2 ms of client CPU per request) or httpx (about
-2 ms: a cross-check), and writes one JSON record per request:
+`POST /v1/detect` (or --path, e.g. another server's route) with one image as a multipart upload (the request is
+built once, as wrk sends it) from asyncio, through a lean HTTP/1.1 keep-alive client (default; about 0.2 ms of
+client CPU per request) or httpx (about 2 ms: a cross-check), and writes one JSON record per request:
 
   closed   --concurrency C: C workers; each sends its next request as soon as its last one is answered.
            Latency: from sending to the end of the response.
@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout", type=positive_float, default=60.0, help="client timeout of one request in seconds (default: 60)"
     )
+    common.add_argument(
+        "--path",
+        default=DETECT_PATH,
+        help=f"path the multipart POST goes to, e.g. another server's detection route (default: {DETECT_PATH})",
+    )
     modes = parser.add_subparsers(dest="mode", required=True, metavar="{closed,open}")
     closed = modes.add_parser("closed", parents=[common], help="fixed number of requests in flight")
     closed.add_argument("--concurrency", type=positive_int, required=True, help="requests in flight at all times")
@@ -144,11 +149,13 @@ class RawClient:
     measured latency. Connections are reused; a reused one that the server has closed is replaced once.
     """
 
-    def __init__(self, url: str, body: bytes, content_type: str, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self, url: str, body: bytes, content_type: str, timeout: float, max_connections: int, path: str = DETECT_PATH
+    ) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.request = (
-            f"POST {DETECT_PATH} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         self.timeout = timeout
@@ -217,16 +224,18 @@ class RawClient:
 class HttpxClient:
     """The same request through httpx (a cross-check of RawClient; about 2 ms more client CPU per request)."""
 
-    def __init__(self, url: str, body: bytes, content_type: str, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self, url: str, body: bytes, content_type: str, timeout: float, max_connections: int, path: str = DETECT_PATH
+    ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.client = httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits)
-        self.body, self.headers = body, {"Content-Type": content_type}
+        self.body, self.headers, self.path = body, {"Content-Type": content_type}, path
         self.errors: Counter[str] = Counter()
 
     async def send(self) -> int:
         """Send the request; its HTTP status, or TRANSPORT_ERROR when no answer came."""
         try:
-            response = await self.client.post(DETECT_PATH, content=self.body, headers=self.headers)
+            response = await self.client.post(self.path, content=self.body, headers=self.headers)
         except httpx.HTTPError as error:
             self.errors[f"{type(error).__name__}: {error}"[:200]] += 1
             return TRANSPORT_ERROR
@@ -291,7 +300,7 @@ async def open_loop(send: Sender, rate: float, seconds: float, seed: int, probe_
 async def generate(args: argparse.Namespace) -> dict[str, Any]:
     body, content_type = multipart_body(args.image.read_bytes(), args.image.name)
     connections = args.concurrency if args.mode == "closed" else args.max_connections
-    client = CLIENTS[args.client](args.url, body, content_type, args.timeout, connections)
+    client = CLIENTS[args.client](args.url, body, content_type, args.timeout, connections, args.path)
     cpu_start = time.process_time()
     try:
         if args.mode == "closed":
@@ -375,7 +384,7 @@ def default_image(workdir: Path) -> Path:
 
 def describe_image(path: Path) -> dict[str, Any]:
     """Path, format, size and bytes of an image (from its header), for the reports."""
-    from service.engine import inspect_image
+    from engine import inspect_image
 
     data = path.read_bytes()
     header = inspect_image(data)
@@ -421,14 +430,15 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """The DETECT_* settings a benchmark varies; everything else keeps the service's default."""
+    """The DETECT_* settings a benchmark varies; None (and everything else) keeps the service's default."""
 
     model: Path
     device: str = "cpu"
-    threads: int = 1
-    max_batch: int = 8
-    max_batch_wait_ms: float = 5.0
-    queue_size: int = 32
+    threads: int | None = None
+    instances: int | None = None
+    max_batch: int | None = None
+    max_batch_wait_ms: float | None = None
+    queue_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "model": str(self.model)}
@@ -436,22 +446,29 @@ class ServiceSettings:
     def environment(self) -> dict[str, str]:
         return {
             "DETECT_MODELS": str(self.model.resolve()),
-            "DETECT_DEVICE": self.device,
-            "DETECT_THREADS": str(self.threads),
-            "DETECT_MAX_BATCH": str(self.max_batch),
-            "DETECT_MAX_BATCH_WAIT_MS": str(self.max_batch_wait_ms),
-            "DETECT_QUEUE_SIZE": str(self.queue_size),
+            **{
+                f"DETECT_{name.upper()}": str(value)
+                for name, value in asdict(self).items()
+                if name != "model" and value is not None
+            },
         }
 
 
 class ServiceProcess:
-    """`python -m service` in a subprocess on a free loopback port, ready when entered, stopped on exit."""
+    """`python -m service` in a subprocess on a free loopback port, ready when entered, stopped on exit.
+
+    Another server is run the same way by a subclass overriding `command`, `environment`, `cwd`, `name` and
+    `ready_path` (GET answering 200 once it is ready)."""
+
+    name = "the service"
+    ready_path = "/readyz"
 
     def __init__(self, settings: ServiceSettings, log_path: Path, ready_timeout_s: float = 180.0) -> None:
         self.settings = settings
         self.log_path = log_path
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
+        self.cwd = REPO
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -469,17 +486,19 @@ class ServiceProcess:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def __enter__(self) -> Self:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "service", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("DETECT_")}
         env.update(self.settings.environment())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
+
+    def __enter__(self) -> Self:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "--port", str(self.port)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.command(), cwd=self.cwd, env=self.environment(), stdout=log, stderr=subprocess.STDOUT
             )
         try:
             self._wait_ready()
@@ -497,16 +516,16 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise BenchmarkError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise BenchmarkError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                response = httpx.get(self.url + "/readyz", timeout=2)
+                response = httpx.get(self.url + self.ready_path, timeout=2)
                 if response.status_code == 200:
                     return
                 last = f"{response.status_code} {response.text[:300]}"
             except httpx.TransportError as error:
                 last = str(error)
             time.sleep(0.1)
-        raise BenchmarkError(f"the service was not ready after {self.ready_timeout_s:g} s ({last}):\n{self.log_tail()}")
+        raise BenchmarkError(f"{self.name} was not ready after {self.ready_timeout_s:g} s ({last}):\n{self.log_tail()}")
 
     def check_detect(self, image: Path) -> dict[str, Any]:
         """One request, checked: 200 with one result (so that a broken setup is not benchmarked)."""
@@ -560,13 +579,14 @@ def run_load(
     duration_s: float,
     timeout_s: float = 60.0,
     client: str = "raw",
+    path: str = DETECT_PATH,
     **options: float,
 ) -> LoadRun:
     """Run this script in its own process (`mode` "closed" or "open"; options are its flags, e.g. concurrency=8)."""
     command = [
         sys.executable, str(LOADGEN), mode,
         "--url", url, "--image", str(image), "--out", str(out),
-        "--duration", str(duration_s), "--timeout", str(timeout_s), "--client", client,
+        "--duration", str(duration_s), "--timeout", str(timeout_s), "--client", client, "--path", path,
     ]  # fmt: skip
     for name, value in options.items():
         command += [f"--{name.replace('_', '-')}", str(value)]

@@ -12,11 +12,14 @@ One run measures, on the same model and image:
                p50/p95/p99 latency and throughput.
   batches      with --batch-sizes (default on CUDA): raw session.run on batches of b copies of the tensor
                next to the service at concurrency b (micro-batching is what lets it use the batch).
+  sweep        the best raw rate this machine reaches for the model: for --sweep-seconds each, `instances`
+               sessions of `threads` intra-op threads run at once, each from its own thread, on batches of
+               1 and 8 (instances x threads up to the cores; 1, 2 and all cores each), images per second.
 
 The reference runs are split: half before the service starts, half after it stopped, interleaved run by run,
 so that a change in machine load shows as their after/before ratio. Goals (met / NOT met): service p50 at
-concurrency 1 <= 1.10x raw p50; throughput at concurrency 8 >= 1.0x the raw single-stream rate; service p50 at
-concurrency 1 <= 0.90x the Ultralytics loop p50.
+concurrency 1 <= 1.10x raw p50; throughput at concurrency 8 >= 1.0x the raw single-stream rate and >= 0.8x the
+best rate of the sweep; service p50 at concurrency 1 <= 0.90x the Ultralytics loop p50.
 
     python benchmarks/service.py --threads 1 --out service.json
     python benchmarks/service.py --device cuda --concurrency 1,4,8,16,32 --out service-gpu.json
@@ -29,6 +32,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,14 +64,18 @@ from benchmarks.loadgen import (
     run_load,
     summarize,
 )
-from service.engine import Detector, DeviceError, ImageError, ModelError, physical_cores
-from service.engine.model import create_session
+from engine import Detector, DeviceError, ImageError, ModelError, physical_cores, plan_execution
+from engine.model import create_session
+from service.settings import Settings
 
 GPU_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+BATCH_WAIT_DEFAULT = Settings.model_fields["max_batch_wait_ms"].default  # the service's
 CONF = 0.25  # the service's and Ultralytics' default thresholds
 IOU = 0.7
 P50_OVER_RAW_GOAL = 1.10
 THROUGHPUT_OVER_RAW_GOAL = 1.0
+THROUGHPUT_OVER_BEST_RAW_GOAL = 0.8
+SWEEP_BATCHES = (1, 8)
 P50_OVER_ULTRALYTICS_GOAL = 0.90
 GOAL_CONCURRENCY_LATENCY = 1
 GOAL_CONCURRENCY_THROUGHPUT = 8
@@ -82,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="ONNX Runtime intra-op threads of the service and the references (default: physical cores "
-        "available; on a shared machine 1 is steadier)",
+        help="ONNX Runtime intra-op threads of each service instance and of the references (default: the "
+        "service's own choice, engine.plan_execution)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=positive_int,
+        help="DETECT_INSTANCES of the service (default: the service's own choice, engine.plan_execution)",
     )
     parser.add_argument(
         "--max-batch",
@@ -93,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-wait-ms",
         type=non_negative_float,
-        default=5.0,
-        help="DETECT_MAX_BATCH_WAIT_MS of the service (default: 5)",
+        default=BATCH_WAIT_DEFAULT,
+        help=f"DETECT_MAX_BATCH_WAIT_MS of the service (default: {BATCH_WAIT_DEFAULT:g})",
     )
     parser.add_argument(
         "--queue-size",
@@ -149,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=positive_float, default=60.0, help="client timeout of one request in seconds (default: 60)"
     )
+    parser.add_argument(
+        "--sweep-seconds",
+        type=non_negative_float,
+        default=3.0,
+        help="seconds of each instances x threads x batch configuration of the raw sweep; 0 skips it (default: 3)",
+    )
     parser.add_argument("--out", type=Path, help="write everything measured to this JSON file")
     return parser
 
@@ -166,16 +185,18 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 class References:
     """The in-process cases the service is compared with, timed interleaved run by run."""
 
-    def __init__(self, model: Path, image: Path, device: str, threads: int, with_ultralytics: bool) -> None:
+    def __init__(
+        self, model: Path, image: Path, device: str, threads: int, spinning: bool, with_ultralytics: bool
+    ) -> None:
         preparer = Detector(model, device="cpu", threads=1)  # preparing does not depend on the device
         self.info = preparer.info
         self.tensor = preparer.prepare(image.read_bytes()).tensor
-        self.session = create_session(model, device, threads)
+        self.session = create_session(model, device, threads, spinning)
         self.cases: dict[str, Callable[[], object]] = {"raw": self.run_raw}
         if with_ultralytics:
             # Ultralytics' own default imgsz is 640: give it the service's (the export size), rect for dynamic models.
             imgsz = self.info.imgsz[0] if self.info.dynamic_hw else list(self.info.imgsz)
-            self.cases["ultralytics"] = ultralytics_predict_loop(model, image, imgsz, device, threads)
+            self.cases["ultralytics"] = ultralytics_predict_loop(model, image, imgsz, device, threads, spinning)
         self.before: dict[str, list[float]] = {name: [] for name in self.cases}
         self.after: dict[str, list[float]] = {name: [] for name in self.cases}
 
@@ -219,8 +240,53 @@ class References:
         return result
 
 
+def raw_rate(
+    model: Path, tensor: np.ndarray, device: str, instances: int, threads: int, batch: int, seconds: float, cores: int
+) -> float:
+    """Images per second of `instances` sessions (`threads` intra-op threads each, spinning as the service would)
+    running at once, each from its own thread, on batches of `batch` copies of `tensor`, for `seconds`."""
+    spinning = instances * threads < cores
+    sessions = [create_session(model, device, threads, spinning) for _ in range(instances)]
+    feed = {sessions[0].get_inputs()[0].name: np.repeat(tensor, batch, axis=0)}
+    for session in sessions:
+        session.run(None, feed)  # warm-up
+    start = threading.Barrier(instances + 1)
+    runs = [0] * instances
+
+    def loop(index: int) -> None:
+        start.wait()
+        while time.perf_counter() < deadline:
+            sessions[index].run(None, feed)
+            runs[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(index,)) for index in range(instances)]
+    for worker in workers:
+        worker.start()
+    began = time.perf_counter()
+    deadline = began + seconds
+    start.wait()
+    for worker in workers:
+        worker.join()
+    return sum(runs) * batch / (time.perf_counter() - began)
+
+
+def raw_sweep(model: Path, tensor: np.ndarray, device: str, seconds: float) -> list[dict[str, Any]]:
+    """`raw_rate` of every configuration the sweep tries (see the module's docstring), in order."""
+    cores = physical_cores()
+    counts = sorted({1, 2, cores} if device == "cpu" else {1, 2})
+    rows = []
+    for instances in counts:
+        for threads in counts if device == "cpu" else [plan_execution(instances, 0, device).threads]:
+            if device == "cpu" and instances * threads > cores:
+                continue
+            for batch in SWEEP_BATCHES:
+                rate = raw_rate(model, tensor, device, instances, threads, batch, seconds, cores)
+                rows.append({"instances": instances, "threads": threads, "batch": batch, "images_per_s": rate})
+    return rows
+
+
 def ultralytics_predict_loop(
-    model: Path, image: Path, imgsz: int | list[int], device: str, threads: int
+    model: Path, image: Path, imgsz: int | list[int], device: str, threads: int, spinning: bool
 ) -> Callable[[], object]:
     """One `YOLO(onnx).predict(image)` call as users would make it, at the service's input size and thresholds."""
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
@@ -237,7 +303,7 @@ def ultralytics_predict_loop(
     if device == "cpu":
         # The same session options and threads as the service, so that the comparison is between the two
         # pipelines, not two thread settings (on CUDA its session is kept: it may be bound to its I/O buffers).
-        yolo.predictor.model.backend.session = create_session(model, device, threads)
+        yolo.predictor.model.backend.session = create_session(model, device, threads, spinning)
     return predict
 
 
@@ -270,9 +336,9 @@ def ratio(top: float | None, bottom: float | None) -> float | None:
 
 
 def evaluate(
-    references: dict[str, dict[str, Any]], levels: dict[int, dict[str, Any]]
+    references: dict[str, dict[str, Any]], levels: dict[int, dict[str, Any]], sweep: list[dict[str, Any]]
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
-    """The three ratios the service is judged on, and the goals."""
+    """The ratios the service is judged on, and the goals (against the sweep's best rate when there is a sweep)."""
     raw_p50 = references["raw"]["p50_ms"]
     ultralytics_p50 = references.get("ultralytics", {}).get("p50_ms")
     latency_level = levels.get(GOAL_CONCURRENCY_LATENCY, {})
@@ -281,6 +347,9 @@ def evaluate(
         "p50_c1_over_raw": ratio(latency_level.get("p50_ms"), raw_p50),
         "throughput_c8_over_raw_rate": ratio(throughput_level.get("throughput_rps"), 1e3 / raw_p50),
         "p50_c1_over_ultralytics": ratio(latency_level.get("p50_ms"), ultralytics_p50),
+        "throughput_c8_over_best_raw": ratio(
+            throughput_level.get("throughput_rps"), max((row["images_per_s"] for row in sweep), default=None)
+        ),
     }
     goals = [
         goal("service p50 @c1 / raw p50", ratios["p50_c1_over_raw"], P50_OVER_RAW_GOAL, at_most=True),
@@ -297,6 +366,16 @@ def evaluate(
             at_most=True,
         ),
     ]
+    if sweep:
+        goals.insert(
+            2,
+            goal(
+                "service req/s @c8 / best raw rate of the sweep",
+                ratios["throughput_c8_over_best_raw"],
+                THROUGHPUT_OVER_BEST_RAW_GOAL,
+                at_most=False,
+            ),
+        )
     return ratios, goals
 
 
@@ -335,7 +414,8 @@ def print_report(report: dict[str, Any]) -> None:
             )
     print(f"  raw single-stream rate: {report['raw_single_stream_rate']:.1f} images/s")
     print(
-        f"\nservice (threads {settings['threads']}, max batch {settings['max_batch']}, batch wait "
+        f"\nservice ({settings['instances']} instances x {settings['threads']} threads, "
+        f"max batch {settings['max_batch']}, batch wait "
         f"{settings['max_batch_wait_ms']:g} ms, queue {settings['queue_size']}), closed loop from a separate "
         f"process ({report['client']} client), {report['duration_s']:g} s per level:"
     )
@@ -363,7 +443,10 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"      client errors: {level['errors']}")
     if report["batches"]:
         print("\nraw session.run per batch vs the service at the same concurrency:")
-        header = f"{'batch':>6}{'raw ms/run':>12}{'raw img/s':>11}{'service req/s':>15}{'service p50 ms':>16}{'service/raw':>13}"
+        header = (
+            f"{'batch':>6}{'raw ms/run':>12}{'raw img/s':>11}{'service req/s':>15}{'service p50 ms':>16}"
+            f"{'service/raw':>13}"
+        )
         print(header)
         print("-" * len(header))
         for row in report["batches"]:
@@ -372,16 +455,25 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{row['service_throughput_rps']:>15.1f}{format_ms(row['service_p50_ms']):>16}"
                 f"{row['service_throughput_over_raw']:>13.3f}"
             )
+    if report["raw_sweep"]:
+        print("\nraw sweep (instances at once x intra-op threads x batch), images/s:")
+        best = max(row["images_per_s"] for row in report["raw_sweep"])
+        for row in report["raw_sweep"]:
+            mark = "  <- best" if row["images_per_s"] == best else ""
+            print(f"  {row['instances']:>2} x {row['threads']:>2} threads, batch {row['batch']:>2}: "
+                  f"{row['images_per_s']:>8.1f}{mark}")  # fmt: skip
     print("\ngoals:")
     print_goals(report["goals"])
 
 
 def service_settings(args: argparse.Namespace, batch_sizes: Sequence[int], levels: Sequence[int]) -> ServiceSettings:
     """The service's settings: the options, with batch and queue sizes that fit the levels when not given."""
+    plan = plan_execution(args.instances or 0, args.threads or 0, args.device)
     return ServiceSettings(
         model=args.model,
         device=args.device,
-        threads=args.threads or physical_cores(),
+        threads=plan.threads,
+        instances=plan.instances,
         max_batch=args.max_batch or max([8, *batch_sizes]),
         max_batch_wait_ms=args.max_batch_wait_ms,
         queue_size=args.queue_size or max([32, *levels]),
@@ -399,13 +491,15 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     except ImageError as error:
         raise SystemExit(f"--image {image}: {error}") from None
     try:
-        references = References(args.model, image, args.device, settings.threads, not args.no_ultralytics)
+        spinning = plan_execution(settings.instances, settings.threads, args.device).spinning  # as the service's
+        references = References(args.model, image, args.device, settings.threads, spinning, not args.no_ultralytics)
     except (DeviceError, ModelError) as error:
         raise SystemExit(f"cannot run the references: {error}") from None
 
     first_half = args.reference_runs // 2
     references.measure(references.before, first_half, args.reference_warmup)
     raw_batches = references.time_batches(batch_sizes, args.reference_runs, args.reference_warmup)
+    sweep = raw_sweep(args.model, references.tensor, args.device, args.sweep_seconds) if args.sweep_seconds else []
     print(f"references: {first_half} runs done; starting the service", file=sys.stderr)
     with ServiceProcess(settings, workdir / "service.log") as server:
         server.check_detect(image)
@@ -416,7 +510,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     references.measure(references.after, args.reference_runs - first_half, args.reference_warmup)
 
     reference_summary = references.summary()
-    ratios, goals = evaluate(reference_summary, levels)
+    ratios, goals = evaluate(reference_summary, levels, sweep)
     return {
         "model": str(args.model),
         "image": image_info,
@@ -432,9 +526,30 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "raw_single_stream_rate": 1e3 / reference_summary["raw"]["p50_ms"],
         "service": [levels[concurrency] for concurrency in levels_wanted],
         "batches": batch_table(raw_batches, levels),
+        "raw_sweep": sweep,
         "ratios": ratios,
         "goals": goals,
     }
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    name: str,
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    show: Callable[[dict[str, Any]], None],
+) -> int:
+    """`run(args, workdir)` in a temporary folder, then its results with the command, date and machine: shown with
+    `show` and written to --out. A BenchmarkError ends the script with its message."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        try:
+            results = run(args, Path(tmp))
+        except BenchmarkError as error:
+            raise SystemExit(f"benchmark failed: {error}") from None
+    report = {"command": " ".join(sys.argv), "date": started, "machine": machine(), **results}
+    show(report)
+    write_report(args.out, report)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -442,16 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     require_device(args.device)
-    started = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
-        try:
-            results = run_benchmark(args, Path(tmp))
-        except BenchmarkError as error:
-            raise SystemExit(f"benchmark failed: {error}") from None
-    report = {"command": " ".join(sys.argv), "date": started, "machine": machine(), **results}
-    print_report(report)
-    write_report(args.out, report)
-    return 0
+    return run_and_report(args, "service", run_benchmark, print_report)
 
 
 if __name__ == "__main__":

@@ -61,26 +61,34 @@ from benchmarks.loadgen import (
     run_load,
     summarize,
 )
-from service.engine import ImageError, physical_cores
+from engine import ImageError
+from service.settings import Settings
 
 QUEUE_FULL = 503
+SERVICE_DEFAULT = {name: field.default for name, field in Settings.model_fields.items()}
+"""The service's own defaults, which the service arguments below keep unless told otherwise."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     service = parser.add_argument_group("service")
     add_model_and_image_arguments(service)
-    service.add_argument("--device", default="cpu", help="DETECT_DEVICE: cpu, cuda or cuda:N (default: cpu)")
-    service.add_argument("--threads", type=positive_int, help="DETECT_THREADS (default: the physical cores available)")
-    service.add_argument("--max-batch", type=positive_int, default=8, help="DETECT_MAX_BATCH (default: 8)")
+    service.add_argument("--device", default=SERVICE_DEFAULT["device"],
+                         help=f"DETECT_DEVICE: cpu, cuda or cuda:N (default: {SERVICE_DEFAULT['device']})")
+    service.add_argument("--threads", type=positive_int, help="DETECT_THREADS (default: chosen by the service)")
+    service.add_argument("--instances", type=positive_int, help="DETECT_INSTANCES (default: chosen by the service)")
+    service.add_argument("--max-batch", type=positive_int, default=SERVICE_DEFAULT["max_batch"],
+                         help=f"DETECT_MAX_BATCH (default: {SERVICE_DEFAULT['max_batch']})")
     service.add_argument(
-        "--max-batch-wait-ms", type=non_negative_float, default=5.0, help="DETECT_MAX_BATCH_WAIT_MS (default: 5)"
+        "--max-batch-wait-ms", type=non_negative_float, default=SERVICE_DEFAULT["max_batch_wait_ms"],
+        help=f"DETECT_MAX_BATCH_WAIT_MS (default: {SERVICE_DEFAULT['max_batch_wait_ms']:g})"
     )
     service.add_argument(
         "--queue-size",
         type=positive_int,
-        default=32,
-        help="DETECT_QUEUE_SIZE: requests waiting before 503 (default: 32, the service's default)",
+        default=SERVICE_DEFAULT["queue_size"],
+        help=f"DETECT_QUEUE_SIZE: requests waiting before 503 (default: {SERVICE_DEFAULT['queue_size']}, the service's "
+        "default)",
     )
     load = parser.add_argument_group("load")
     load.add_argument("--concurrency", type=positive_int, default=16, help="closed-loop concurrency (default: 16)")
@@ -328,7 +336,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"  accepted: {overload['accepted']}, completed {overload['completed']} "
         f"({'-' if completion is None else f'{completion:.1%}'}), latency from arrival p50 "
-        f"{format_ms(completed['p50_ms'])} / p99 {format_ms(completed['p99_ms'])} ms; client lag p99 {format_ms(overload['client_lag_p99_ms'])} ms"
+        f"{format_ms(completed['p50_ms'])} / p99 {format_ms(completed['p99_ms'])} ms; "
+        f"client lag p99 {format_ms(overload['client_lag_p99_ms'])} ms"
     )
     recovered = recovery["recovered_after_s"]
     print(
@@ -336,7 +345,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"(normal: 200 within {recovery['normal_latency_limit_ms']:.1f} ms; first probes "
         + ", ".join(
             f"{status} in {ms:.0f} ms"
-            for status, ms in zip(recovery["first_probe_statuses"], recovery["first_probe_latencies_ms"])
+            for status, ms in zip(recovery["first_probe_statuses"], recovery["first_probe_latencies_ms"], strict=True)
         )
         + ")"
     )
@@ -414,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ServiceSettings(
         model=args.model,
         device=args.device,
-        threads=args.threads or physical_cores(),
+        threads=args.threads,
+        instances=args.instances,
         max_batch=args.max_batch,
         max_batch_wait_ms=args.max_batch_wait_ms,
         queue_size=args.queue_size,

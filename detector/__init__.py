@@ -16,7 +16,15 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-from .models import Transfer, TransferError, build_model, model_cfg, transfer_weights, variant_from_checkpoint, write_yaml  # noqa: E402
+from .models import (  # noqa: E402
+    Transfer,
+    TransferError,
+    build_model,
+    model_cfg,
+    transfer_weights,
+    variant_from_checkpoint,
+    write_yaml,
+)
 from .train import train  # noqa: E402
 from .variants import VariantError, VariantSpec, parse_name  # noqa: E402
 

@@ -44,11 +44,13 @@ class Parity:
 
 def architecture_metadata(model) -> dict[str, str]:
     """What our exports add to Ultralytics' ONNX metadata: the model name, its attention layers, and the exporter."""
+    from . import ultralytics_adapter as adapter
     from .models import baseline_of
     from .variants import inserted_indices
 
-    attention = [{"index": i, "module": type(model.model[i]).__name__} for i in inserted_indices(model.yaml)]
-    name = Path(model.yaml.get("yaml_file") or baseline_of(model)).stem
+    cfg, layers = adapter.model_dict(model), adapter.layers(model)
+    attention = [{"index": i, "module": type(layers[i]).__name__} for i in inserted_indices(cfg)]
+    name = Path(cfg.get("yaml_file") or baseline_of(model)).stem
     data = (getattr(model, "args", None) or {}).get("data")
     return {
         "architecture": name,
@@ -73,8 +75,8 @@ def add_metadata(path: Path, metadata: dict[str, str]) -> None:
 def parity_inputs(imgsz: int, dynamic: bool, stride: int = 32) -> list[np.ndarray]:
     """The real photos shipped with Ultralytics, letterboxed as the engine does: square, and for dynamic models also
     at their own aspect ratio (rect inference)."""
-    from service.engine.images import read_image
-    from service.engine.preprocess import letterbox, to_input_tensor
+    from engine.images import read_image
+    from engine.preprocess import letterbox, to_input_tensor
 
     from .ultralytics_adapter import ASSETS_DIR
 
@@ -91,7 +93,7 @@ def check_parity(model, onnx_path: Path, inputs: list[np.ndarray]) -> Parity:
     """Worst-case torch vs ONNX Runtime errors over ``inputs`` (N, 3, H, W float32 tensors)."""
     import torch
 
-    from service.engine.model import create_session
+    from engine.model import create_session
 
     session = create_session(onnx_path)
     feed = session.get_inputs()[0]
@@ -124,7 +126,7 @@ def export_onnx(weights: str | Path, imgsz: int = 640, dynamic: bool = False, ha
                                   simplify=simplify, device="cpu", verbose=False)
         path = Path(shutil.move(exported, out or weights.with_suffix(".onnx")))
     add_metadata(path, architecture_metadata(model))
-    parity = check_parity(model.float().eval(), path, parity_inputs(imgsz, dynamic, int(model.stride.max())))
+    parity = check_parity(model.float().eval(), path, parity_inputs(imgsz, dynamic, adapter.max_stride(model)))
     precision = "fp16" if half else "fp32"
     print(f"parity torch vs ONNX Runtime ({precision}, {'dynamic' if dynamic else 'static'} {imgsz}): {parity}")
     if max(parity.box_rel, parity.score_rel) > TOLERANCE[precision]:
@@ -134,17 +136,14 @@ def export_onnx(weights: str | Path, imgsz: int = 640, dynamic: bool = False, ha
 
 def calibration_images(data: str | Path, count: int) -> list[Path]:
     """Up to ``count`` training images of a dataset, evenly spaced over the sorted list (deterministic)."""
-    import yaml
-
+    from .data import DatasetError
+    from .data.datayaml import entry_images, read_data_yaml
     from .train import check_data
 
-    data = check_data(data)
-    spec = yaml.safe_load(data.read_text())
-    root = Path(spec.get("path") or data.parent)
-    entries = spec["train"] if isinstance(spec["train"], list) else [spec["train"]]
-    images = sorted(p for e in entries for p in (root / e).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+    spec = read_data_yaml(check_data(data, splits=("train",)))
+    images = sorted({image for entry in spec.entries("train") for image in entry_images(entry, problems=[])})
     if not images:
-        raise ValueError(f"{data}: no training images to calibrate INT8 quantization with")
+        raise DatasetError(f"{data}: no training images to calibrate INT8 quantization with")
     step = max(len(images) // count, 1)
     return images[::step][:count]
 
@@ -157,7 +156,9 @@ def quantize_int8(fp32: Path, data: str | Path, count: int = 64, out: Path | Non
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from service.engine import Detector
+    from engine import Detector
+
+    from . import ultralytics_adapter as adapter
 
     detector = Detector(fp32)
     prepared = [detector.prepare(p).tensor for p in calibration_images(data, count)]
@@ -174,10 +175,10 @@ def quantize_int8(fp32: Path, data: str | Path, count: int = 64, out: Path | Non
     out = out or fp32.with_name(f"{fp32.stem}-int8.onnx")
     preprocessed = out.with_name(f"{out.stem}-pre.onnx")
     quant_pre_process(str(fp32), str(preprocessed), skip_symbolic_shape=True)
-    head = max(int(n.name.split("/")[1].split(".")[1]) for n in onnx.load(str(preprocessed)).graph.node
-               if n.name.startswith("/model."))
-    excluded = [n.name for n in onnx.load(str(preprocessed)).graph.node
-                if n.name.startswith(f"/model.{head}/") and (n.op_type != "Conv" or "/dfl/" in n.name)]
+    nodes = onnx.load(str(preprocessed)).graph.node
+    head = max(layer for n in nodes if (layer := adapter.onnx_node_layer(n.name)) is not None)
+    excluded = [n.name for n in nodes
+                if adapter.onnx_node_layer(n.name) == head and (n.op_type != "Conv" or adapter.onnx_dfl_node(n.name))]
     quantize_static(str(preprocessed), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     preprocessed.unlink()
@@ -186,7 +187,7 @@ def quantize_int8(fp32: Path, data: str | Path, count: int = 64, out: Path | Non
 
 def median_latency_ms(model: Path, images: list[Path], runs: int = 20) -> float:
     """Median end-to-end engine latency over ``runs`` passes of ``images``."""
-    from service.engine import Detector
+    from engine import Detector
 
     detector = Detector(model)
     data = [p.read_bytes() for p in images]
@@ -203,36 +204,34 @@ def median_latency_ms(model: Path, images: list[Path], runs: int = 20) -> float:
 def compare_int8(fp32: Path, int8: Path, data: str | Path, imgsz: int) -> dict:
     """mAP50-95 on val and engine latency of the INT8 model next to the FP32 one, measured in this run."""
     from . import ultralytics_adapter as adapter
+    from .train import check_data
 
     images = calibration_images(data, 8)
+    val_data = str(check_data(data, splits=("val",)))
     result = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        metrics = adapter.validate(path, data=str(data), imgsz=imgsz, batch=1, split="val")
+        metrics = adapter.validate(path, data=val_data, imgsz=imgsz, batch=1, split="val")
         result[name] = {"map50_95": metrics["map50_95"], "map50": metrics["map50"],
                         "latency_ms": median_latency_ms(path, images)}
     return result
 
 
 def triton_config(name: str, info, max_batch: int) -> str:
-    """Triton ``config.pbtxt`` for an ONNX detection model with dynamic batch and image size; our ONNX metadata goes
-    into ``parameters`` so clients can read class names from the server."""
-    nc = info.num_classes
-    params = "".join(
-        f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(str(v))} }} }}\n'
-        for k, v in sorted(info.metadata.items()) if k != "args"
-    )
-    return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch}\n'
-        f'input [ {{ name: "{info.input_name}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }} ]\n'
-        f'output [ {{ name: "{info.output_name}" data_type: TYPE_FP32 dims: [ {4 + nc}, -1 ] }} ]\n'
-        f"dynamic_batching {{ preferred_batch_size: [ {max(max_batch // 2, 1)}, {max_batch} ] "
-        "max_queue_delay_microseconds: 2000 }\n" + params
-    )
+    """Triton ``config.pbtxt`` for an ONNX detection model with dynamic batch and image size: `engine.triton`'s
+    configuration (the service's too), written as protobuf text through Triton's ``ModelConfig`` message."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from engine import triton
+
+    outputs = 6 if info.end2end else 4 + info.num_classes
+    config = triton.model_config(name, info, [-1, 3, -1, -1], [-1, outputs, -1], max_batch)
+    return text_format.MessageToString(json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
 
 def export_triton(weights: Path, repository: Path, name: str | None, imgsz: int, max_batch: int) -> Path:
     """``repository/NAME/1/model.onnx`` (dynamic batch and size) and ``repository/NAME/config.pbtxt``."""
-    from service.engine import Detector
+    from engine import Detector
 
     name = name or weights.stem
     version = repository / name / "1"
@@ -244,7 +243,8 @@ def export_triton(weights: Path, repository: Path, name: str | None, imgsz: int,
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("weights", type=Path, help="checkpoint to export (e.g. runs/detect/yolo11n-cbam/weights/best.pt)")
+    parser.add_argument("weights", type=Path,
+                        help="checkpoint to export (e.g. runs/detect/yolo11n-cbam/weights/best.pt)")
     parser.add_argument("--format", choices=("onnx", "triton"), default="onnx",
                         help="onnx: one .onnx file; triton: a Triton model repository (default: onnx)")
     parser.add_argument("--imgsz", type=int, default=640, help="export image size (default: 640)")
@@ -265,23 +265,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+    from .train import check_data
+
+    if args.weights.suffix != ".pt":
+        raise UsageError(f"weights {args.weights}: expected a checkpoint (.pt) to export")
     if args.int8 and not args.data:
-        raise SystemExit("--int8 needs --data: calibration images come from the dataset's training split")
+        raise UsageError("--int8 needs --data: calibration images come from the dataset's training split")
     if args.format == "triton":
         if args.int8 or args.half:
-            raise SystemExit("--format triton exports the FP32 model; --int8 and --half apply to --format onnx")
+            raise UsageError("--format triton exports the FP32 model; --int8 and --half apply to --format onnx")
         repo = export_triton(args.weights, args.out or Path("model_repository"), args.name, args.imgsz, args.max_batch)
         print(f"wrote {repo}/config.pbtxt and {repo}/1/model.onnx")
         return 0
+    data = check_data(args.data, splits=("train", "val")) if args.int8 else None  # before the export, not after
     path, _ = export_onnx(args.weights, args.imgsz, args.dynamic, args.half, args.opset, out=args.out)
     print(f"wrote {path}")
-    if args.int8:
-        int8 = quantize_int8(path, args.data, args.calib)
-        result = compare_int8(path, int8, args.data, args.imgsz)
+    if data is not None:
+        int8 = quantize_int8(path, data, args.calib)
+        result = compare_int8(path, int8, data, args.imgsz)
         fp, q = result["fp32"], result["int8"]
         print(f"wrote {int8}\n{'':6}{'mAP50-95':>9}{'mAP50':>8}{'latency ms':>12}")
         for name, r in result.items():
             print(f"{name:6}{r['map50_95']:9.4f}{r['map50']:8.4f}{r['latency_ms']:12.2f}")
-        print(f"INT8 vs FP32: mAP50-95 {q['map50_95'] - fp['map50_95']:+.4f}, latency x{q['latency_ms'] / fp['latency_ms']:.2f}"
+        print(f"INT8 vs FP32: mAP50-95 {q['map50_95'] - fp['map50_95']:+.4f}, "
+              f"latency x{q['latency_ms'] / fp['latency_ms']:.2f}"
               + ("" if q["latency_ms"] < fp["latency_ms"] else " (INT8 is not faster on this CPU)"))
     return 0

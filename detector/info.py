@@ -39,22 +39,24 @@ def measure(model, imgsz: tuple[int, int]):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from . import ultralytics_adapter as adapter
+
     model = model.eval()
     sizes = {}
     hooks = [
         layer.register_forward_hook(lambda m, i, o, k=k: sizes.__setitem__(k, tuple(o.shape[-2:])))
-        for k, layer in enumerate(model.model[:-1])
+        for k, layer in enumerate(adapter.layers(model)[:-1])
     ]
     counter = FlopCounterMode(display=False, depth=2)
     with torch.no_grad(), counter:
         model(torch.zeros(1, 3, *imgsz))
     for hook in hooks:
         hook.remove()
-    prefix = f"{type(model).__name__}.model."
+    prefix = f"{type(model).__name__}."  # the counter names submodules from the model's class name
     per_layer = {
-        int(key[len(prefix) :]): sum(ops.values()) / 1e9
+        layer: sum(ops.values()) / 1e9
         for key, ops in counter.get_flop_counts().items()
-        if key.startswith(prefix) and key[len(prefix) :].isdigit()
+        if key.startswith(prefix) and (layer := adapter.module_layer(key[len(prefix) :])) is not None
     }
     params = sum(p.numel() for p in model.parameters())
     return params, counter.get_total_flops() / 1e9, per_layer, sizes
@@ -62,25 +64,27 @@ def measure(model, imgsz: tuple[int, int]):
 
 def model_cost(model_ref: str, imgsz: tuple[int, int] = (640, 640)) -> ModelCost:
     """Cost of a model given by name (``yolo11n-cbam``), YAML or checkpoint, next to its baseline's."""
+    from . import ultralytics_adapter as adapter
     from .models import baseline_of, build_model, load_model
     from .variants import inserted_indices
 
     model = load_model(model_ref)
     params, gflops, per_layer, sizes = measure(model, imgsz)
+    layers = adapter.layers(model)
     attention = [
         LayerCost(
             index=i,
-            module=type(model.model[i]).__name__,
-            channels=model.model[i].channels,
+            module=type(layers[i]).__name__,
+            channels=layers[i].channels,
             feature_map=sizes[i],
-            params=sum(p.numel() for p in model.model[i].parameters()),
+            params=sum(p.numel() for p in layers[i].parameters()),
             gflops=per_layer.get(i, 0.0),
         )
-        for i in inserted_indices(model.yaml)
+        for i in inserted_indices(adapter.model_dict(model))
     ]
     cost = ModelCost(Path(str(model_ref)).stem, imgsz, params, gflops, attention)
     if attention:
-        baseline = build_model(baseline_of(model), nc=model.yaml["nc"])
+        baseline = build_model(baseline_of(model), nc=adapter.model_dict(model)["nc"])
         cost.baseline_params, cost.baseline_gflops, _, _ = measure(baseline, imgsz)
     return cost
 
@@ -99,13 +103,15 @@ def format_cost(cost: ModelCost) -> str:
         for layer in cost.attention:
             fm = f"{layer.feature_map[0]}x{layer.feature_map[1]}"
             lines.append(
-                f"{layer.index:>5}  {layer.module:<14}{layer.channels:>8}  {fm:>11}  {layer.params:>9,}  {1e3 * layer.gflops:>8.1f}"
+                f"{layer.index:>5}  {layer.module:<14}{layer.channels:>8}  {fm:>11}  {layer.params:>9,}  "
+                f"{1e3 * layer.gflops:>8.1f}"
             )
     return "\n".join(lines)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name (yolo11n, yolo11s-cbam, yolo11n-eca-backbone...), variant YAML or checkpoint .pt")
+    parser.add_argument("model", help="model name (yolo11n, yolo11s-cbam, yolo11n-eca-backbone...), variant YAML or "
+                                      "checkpoint .pt")
     parser.add_argument("--imgsz", type=int, nargs="+", default=[640], metavar="SIZE",
                         help="input size: one value for square, or H W (default: 640)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

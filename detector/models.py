@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,10 @@ def write_yaml(name: str, path: str | Path | None = None, nc: int | None = None,
     """Write the variant's Ultralytics YAML (default: ``<name>.yaml`` in the working directory)."""
     spec = parse_name(name)
     path = Path(path or f"{spec.name}.yaml")
-    path.write_text(to_yaml(model_cfg(spec, nc=nc, args=args), f"{spec.name}: Ultralytics {spec.family} + attention"))
+    partial = path.with_name(f".{path.name}.{os.getpid()}")  # parallel compare runs may write the same file
+    title = f"{spec.name}: Ultralytics {spec.family} + attention"
+    partial.write_text(to_yaml(model_cfg(spec, nc=nc, args=args), title))
+    partial.replace(path)
     return path
 
 
@@ -52,7 +56,7 @@ def load_model(ref: str | Path):
 
 def baseline_of(model) -> str:
     """Name of a detector's baseline, e.g. ``yolo11s`` for a yolo11s-cbam model."""
-    cfg = model.yaml
+    cfg = adapter.model_dict(model)
     family = cfg.get("family") or parse_name(Path(cfg.get("yaml_file", "")).stem.split("-")[0]).family
     return f"{family}{cfg.get('scale') or 'n'}"
 
@@ -66,11 +70,13 @@ class Transfer:
     attention_layers: list[int]
 
     def __str__(self) -> str:
-        return f"transferred {self.transferred}/{self.total} baseline tensors; new attention layers {self.attention_layers}"
+        return (f"transferred {self.transferred}/{self.total} baseline tensors; "
+                f"new attention layers {self.attention_layers}")
 
 
 def _rows(cfg: dict) -> list[tuple]:
-    return [(row[0] if isinstance(row[0], int) else tuple(row[0]), row[1], row[2]) for row in cfg["backbone"] + cfg["head"]]
+    return [(r.sources if isinstance(r.sources, int) else tuple(r.sources), r.repeats, r.module)
+            for r in adapter.model_rows(cfg)]
 
 
 def transfer_weights(baseline: nn.Module, variant: nn.Module) -> Transfer:
@@ -79,12 +85,13 @@ def transfer_weights(baseline: nn.Module, variant: nn.Module) -> Transfer:
     Raises :class:`TransferError` naming the first mismatch if the baseline is not the variant's baseline
     (other family, scale or class count), so a partial load can never happen silently.
     """
-    attention = inserted_indices(variant.yaml)
-    kept = [i for i in range(len(variant.model)) if i not in attention]  # variant index of each baseline layer
-    base_rows, variant_rows = _rows(baseline.yaml), [r for i, r in enumerate(_rows(variant.yaml)) if i not in attention]
-    if attention and inserted_indices(baseline.yaml):
+    base_cfg, variant_cfg = adapter.model_dict(baseline), adapter.model_dict(variant)
+    attention = inserted_indices(variant_cfg)
+    kept = [i for i in range(len(adapter.layers(variant))) if i not in attention]  # variant index of baseline layers
+    base_rows, variant_rows = _rows(base_cfg), [r for i, r in enumerate(_rows(variant_cfg)) if i not in attention]
+    if attention and inserted_indices(base_cfg):
         raise TransferError("the checkpoint already holds attention layers: train or fine-tune it directly")
-    for i, (a, b) in enumerate(zip(base_rows, variant_rows)):
+    for i, (a, b) in enumerate(zip(base_rows, variant_rows, strict=False)):  # lengths compared below
         if a[1:] != b[1:]:
             raise TransferError(f"layer {i}: checkpoint has {a[2]} x{a[1]}, the variant's baseline {b[2]} x{b[1]}")
     if len(base_rows) != len(variant_rows):
@@ -92,8 +99,7 @@ def transfer_weights(baseline: nn.Module, variant: nn.Module) -> Transfer:
     source, target = baseline.state_dict(), variant.state_dict()
     renamed = {}
     for key, tensor in source.items():
-        _, layer, rest = key.split(".", 2)
-        new_key = f"model.{kept[int(layer)]}.{rest}"
+        new_key = adapter.state_dict_key_at(key, kept[adapter.state_dict_layer(key)])
         if new_key not in target:
             raise TransferError(f"checkpoint tensor {key} has no counterpart {new_key} in the variant")
         if target[new_key].shape != tensor.shape:
@@ -102,7 +108,7 @@ def transfer_weights(baseline: nn.Module, variant: nn.Module) -> Transfer:
                 f"{tuple(target[new_key].shape)}: the checkpoint is another scale or class count"
             )
         renamed[new_key] = tensor
-    untouched = [k for k in target if k not in renamed and int(k.split(".")[1]) not in attention]
+    untouched = [k for k in target if k not in renamed and adapter.state_dict_layer(k) not in attention]
     if untouched:
         raise TransferError(f"variant tensor {untouched[0]} gets nothing from the checkpoint")
     variant.load_state_dict(renamed, strict=False)
@@ -113,12 +119,12 @@ def variant_from_checkpoint(name: str, checkpoint: str | Path, verbose: bool = T
     """Build variant ``name`` with the class count of a baseline checkpoint and load all of its weights."""
     baseline, _ = adapter.load_checkpoint(checkpoint)
     spec = parse_name(name)
-    scale = baseline.yaml.get("scale")
+    scale = adapter.model_dict(baseline).get("scale")
     if scale and scale != spec.scale:
         raise TransferError(f"{checkpoint} is scale {scale!r} but {spec.name} is scale {spec.scale!r}")
-    variant = build_model(spec, nc=baseline.yaml["nc"])
+    variant = build_model(spec, nc=adapter.model_dict(baseline)["nc"])
     report = transfer_weights(baseline, variant)
-    variant.names = baseline.names
+    adapter.set_class_names(variant, adapter.class_names(baseline))
     if verbose:
         print(f"{spec.name} <- {checkpoint}: {report}")
     return variant, report

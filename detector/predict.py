@@ -8,7 +8,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from engine.images import IMAGE_SUFFIXES
+
+from .cli import UsageError
 
 
 def resolve_sources(source: str) -> list[Path]:
@@ -54,9 +56,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="inference size for dynamic models (default: the export size)")
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image (default: 300)")
     parser.add_argument("--classes", default=None, help="comma-separated class ids to keep (default: all)")
-    parser.add_argument("--batch", type=int, default=8, help="images per model run for dynamic-batch models (default: 8)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="images per model run for dynamic-batch models (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: physical cores)")
+
+
+def class_ids(text: str | None) -> list[int] | None:
+    """``--classes 0,2`` -> [0, 2] (None: all classes)."""
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--classes {text!r}: expected comma-separated class ids, e.g. 0,2") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
     import cv2
     from tqdm import tqdm
 
-    from service.engine import Detector, EngineError
-    from service.engine.draw import annotate
+    from engine import Detector, EngineError
+    from engine.draw import annotate
 
-    detector = Detector(args.model, device=args.device, threads=args.threads)
+    if args.model.suffix.lower() != ".onnx":
+        raise UsageError(f"--model {args.model}: expected an ONNX model (.onnx); export a checkpoint with "
+                         "`python -m detector export`")
     images = resolve_sources(args.source)
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    classes = class_ids(args.classes)
+    detector = Detector(args.model, device=args.device, threads=args.threads)
     if args.save_dir:
         args.save_dir.mkdir(parents=True, exist_ok=True)
     sink = args.out.open("w") if args.out else sys.stdout
@@ -87,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                         predictions.append(detector.predict(path.read_bytes(), **options)[0])
                     except EngineError as e:
                         predictions.append(e)
-            for path, prediction in zip(group, predictions):
+            for path, prediction in zip(group, predictions, strict=True):
                 if isinstance(prediction, Exception):
                     failures += 1
                     if args.format == "jsonl":
@@ -98,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                     coco += coco_records(path, prediction)
                 else:
                     sink.write(json.dumps({"image": str(path), **prediction.to_dict()}) + "\n")
-                if args.save_dir and not cv2.imwrite(str(args.save_dir / path.name), annotate(path.read_bytes(), prediction)):
+                annotated = args.save_dir / path.name if args.save_dir else None
+                if annotated and not cv2.imwrite(str(annotated), annotate(path.read_bytes(), prediction)):
                     raise OSError(f"could not write {args.save_dir / path.name} (disk full or not writable?)")
             bar.update(len(group))
     if args.format == "coco":

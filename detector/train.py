@@ -20,30 +20,24 @@ COMMON_ARGS = {
 }
 
 
-def check_data(data: str | Path) -> Path:
+def check_data(data: str | Path, splits: tuple[str, ...] | None = None) -> Path:
     """Fail early and clearly on a data.yaml whose images are not on this machine (Ultralytics would try to
-    download the dataset)."""
+    download the dataset); ``splits``: those that must be there (default: train and val, and test if the yaml has one).
+
+    Returns the yaml to give Ultralytics: ``data`` itself, or a copy whose relative ``path:`` is made absolute, as
+    :mod:`detector.data.datayaml` resolves it (relative to the yaml's folder).
+    """
+    from .data.datayaml import check_splits, read_data_yaml
+
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(
             f"dataset file {str(path)!r} not found. Nothing is downloaded here: import your data with "
             "`python -m detector data import SRC --format voc|coco|yolo --out DIR` and pass DIR/data.yaml"
         )
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    missing_keys = [k for k in ("train", "val", "names") if k not in spec]
-    if missing_keys:
-        raise ValueError(f"{path}: missing {', '.join(missing_keys)} (a detection data.yaml needs train, val, names)")
-    root = Path(spec.get("path") or path.parent)  # a relative `path:` is relative to the working directory, as in Ultralytics
-    for split in ("train", "val", "test"):
-        for entry in [spec[split]] if isinstance(spec.get(split), str) else spec.get(split) or []:
-            if not (root / entry).exists():
-                raise FileNotFoundError(f"{path}: {split} path {root / entry} does not exist (nothing is downloaded)")
-    return path
+    spec = read_data_yaml(path)
+    check_splits(spec, splits)
+    return spec.for_ultralytics()
 
 
 def parse_overrides(tokens: list[str]) -> dict:
@@ -81,15 +75,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="baseline checkpoint to start from: its weights are transferred into the variant, "
                              "which starts as an exact copy of the baseline (default: train from scratch)")
     for key, (kind, default, help_text) in COMMON_ARGS.items():
-        parser.add_argument(f"--{key}", type=kind, default=default, help=help_text if "(default:" in help_text else f"{help_text} (default: {default})")
+        parser.add_argument(f"--{key}", type=kind, default=default,
+                            help=help_text if "(default:" in help_text else f"{help_text} (default: {default})")
+    add_attention_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="any other Ultralytics train argument, e.g. lr0=0.001 mosaic=0.5 patience=20 amp=False")
+
+
+def add_attention_args(parser: argparse.ArgumentParser) -> None:
+    """``--attn-lr-mult`` and ``--attn-warmup-epochs``: how the new attention layers train (docs/ATTENTION.md)."""
+    from .ultralytics_adapter import ATTENTION_TRAIN_ARGS
+
+    for key, (default, help_text) in ATTENTION_TRAIN_ARGS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=type(default), default=default,
+                            help=f"{help_text} (default: {default})")
 
 
 def train(model: str | Path, data: str | Path, weights: str | Path | None = None, **args) -> Path:
     """Train ``model`` (a name like ``yolo11s-cbam``, a YAML or a checkpoint) on ``data`` through the Ultralytics
     trainer; ``weights`` is a baseline checkpoint to transfer into the variant first. ``args`` are Ultralytics train
-    arguments (``epochs``, ``imgsz``, ``batch``, ``device``...). Returns the run directory (weights/best.pt inside)."""
+    arguments (``epochs``, ``imgsz``, ``batch``, ``device``...). Returns the run directory (its best checkpoint:
+    ``ultralytics_adapter.best_checkpoint``)."""
     from . import ultralytics_adapter as adapter
 
     args.setdefault("project", "runs/detect")
@@ -100,8 +106,11 @@ def train(model: str | Path, data: str | Path, weights: str | Path | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    train_args = {k: getattr(args, k) for k in COMMON_ARGS if getattr(args, k) is not None}
+    from . import ultralytics_adapter as adapter
+    from .ultralytics_adapter import ATTENTION_TRAIN_ARGS
+
+    train_args = {k: getattr(args, k) for k in [*COMMON_ARGS, *ATTENTION_TRAIN_ARGS] if getattr(args, k) is not None}
     train_args.update(parse_overrides(args.overrides))
     save_dir = train(args.model, args.data, args.weights, **train_args)
-    print(f"best checkpoint: {save_dir / 'weights' / 'best.pt'}")
+    print(f"best checkpoint: {adapter.best_checkpoint(save_dir)}")
     return 0

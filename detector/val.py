@@ -10,7 +10,8 @@ from pathlib import Path
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX model (or a .pt checkpoint, to see what export costs)")
     parser.add_argument("--data", required=True, help="dataset YAML")
-    parser.add_argument("--split", choices=("val", "test", "train"), default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--split", choices=("val", "test", "train"), default="val",
+                        help="split to evaluate (default: val)")
     parser.add_argument("--imgsz", type=int, default=None, help="image size (default: the model's export size)")
     parser.add_argument("--batch", type=int, default=1, help="batch size; static ONNX models need 1 (default: 1)")
     parser.add_argument("--conf", type=float, default=0.001, help="confidence threshold for mAP (default: 0.001)")
@@ -21,10 +22,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import ultralytics_adapter as adapter
+    from .cli import UsageError
     from .train import check_data
 
-    options = {"data": str(check_data(args.data)), "split": args.split, "batch": args.batch, "conf": args.conf,
-               "iou": args.iou, "device": args.device}
+    if args.model.suffix not in (".onnx", ".pt"):
+        raise UsageError(f"model {args.model}: expected an ONNX model (.onnx) or a checkpoint (.pt)")
+    data = check_data(args.data, splits=(args.split,))  # only the split evaluated must be there
+    options = {"data": str(data), "split": args.split, "batch": args.batch, "conf": args.conf, "iou": args.iou,
+               "device": args.device}
     if args.imgsz:
         options["imgsz"] = args.imgsz
     metrics = adapter.validate(args.model, **options)

@@ -10,7 +10,12 @@ from .base import Attention, check_heads, check_positive_int
 
 
 def _conv_bn(channels_in: int, channels_out: int, kernel: int = 1, groups: int = 1) -> nn.Sequential:
-    """Convolution without bias followed by BatchNorm, no activation (YOLO12's ``Conv(..., act=False)``)."""
+    """Convolution without bias followed by BatchNorm, no activation (YOLO12's ``Conv(..., act=False)``).
+
+    Examples:
+        >>> _conv_bn(64, 128)(torch.randn(1, 64, 8, 8)).shape
+        torch.Size([1, 128, 8, 8])
+    """
     return nn.Sequential(
         nn.Conv2d(channels_in, channels_out, kernel, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(channels_out),
@@ -27,6 +32,21 @@ class AreaAttention(Attention):
     padding never changes a real position's output (there are fewer strips when ``area`` strips would leave one
     empty, e.g. H=5: 2+2+1 rows). Positional encoding as in YOLO12: a depthwise 7x7 convolution of the values added
     to the attention output; BatchNorm follows the qkv, positional and output convolutions.
+
+    Attributes:
+        num_heads (int): Attention heads (default ``channels // 32``, at least 1).
+        area (int): Strips the map is cut into.
+        qkv (nn.Sequential): Query, key and value projection with BatchNorm.
+        pos (nn.Sequential): Positional encoding of the values, a depthwise 7x7 convolution with BatchNorm.
+        proj (nn.Sequential): Output projection with BatchNorm.
+
+    Examples:
+        >>> layer = AreaAttention(256, area=4)
+        >>> x = torch.randn(1, 256, 20, 20)
+        >>> layer(x).shape
+        torch.Size([1, 256, 20, 20])
+        >>> torch.equal(layer(x), x)  # gamma = 0
+        True
     """
 
     default_placement = "p5"
@@ -47,6 +67,7 @@ class AreaAttention(Attention):
         strips = (h + rows - 1) // rows
         tokens = F.pad(qkv, (0, 0, 0, strips * rows - h)).reshape(n, 3, self.num_heads, -1, strips, rows * w)
         q, k, v = tokens.permute(1, 0, 4, 2, 5, 3).flatten(1, 2).unbind(0)  # (N * strips, heads, rows * W, dim)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # head dim with stride 1: SDPA's fused kernels
         # Padding rows come last in row-major order, so the real tokens are the first H*W of each image's grid.
         real = torch.arange(strips * rows * w, device=x.device) < h * w
         mask = real.reshape(strips, 1, 1, rows * w).repeat(n, 1, 1, 1)

@@ -7,14 +7,44 @@ from torch import nn
 
 
 def check_positive_int(owner: str, name: str, value: object) -> int:
-    """Return ``value`` if it is a positive int (bools excluded), else raise a ValueError naming ``owner.name``."""
+    """Return ``value`` if it is a positive int (bools excluded), else raise a ValueError naming ``owner.name``.
+
+    Examples:
+        >>> check_positive_int("SE", "reduction", 16)
+        16
+        >>> check_positive_int("SE", "reduction", 0)
+        Traceback (most recent call last):
+        ValueError: SE: reduction must be a positive int, got 0
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
     return value
 
 
+def reduced_channels(channels: int, reduction: int | None = None, *, rd_ratio: float | None = None,
+                     min_channels: int = 1) -> int:
+    """Width of a bottleneck over ``channels``: ``channels // reduction`` (an integer reduction, as in SE and CBAM) or
+    ``round(channels * rd_ratio)`` (a ratio, as timm's ``rd_ratio``), whichever is given, and at least
+    ``min_channels``. Each mechanism keeps the rounding and floor of its paper's code, so its checkpoints load.
+
+    Examples:
+        >>> reduced_channels(64, 16), reduced_channels(64, 16, min_channels=8), reduced_channels(65, rd_ratio=0.5)
+        (4, 8, 32)
+    """
+    if (reduction is None) == (rd_ratio is None):
+        raise ValueError("reduced_channels: give one of reduction and rd_ratio")
+    width = channels // reduction if reduction is not None else round(channels * rd_ratio)
+    return max(width, min_channels)
+
+
 def check_heads(owner: str, channels: int, num_heads: int | None) -> int:
-    """Attention heads for ``channels``: ``num_heads``, or ``channels // 32`` (at least 1) when None."""
+    """Attention heads for ``channels``: ``num_heads``, or ``channels // 32`` (at least 1) when None; a ValueError
+    listing the valid counts when ``num_heads`` does not divide ``channels``.
+
+    Examples:
+        >>> check_heads("MHSA", 256, None), check_heads("MHSA", 16, None), check_heads("MHSA", 256, 4)
+        (8, 1, 4)
+    """
     if num_heads is None:
         return max(channels // 32, 1)
     check_positive_int(owner, "num_heads", num_heads)
@@ -29,6 +59,20 @@ class Attention(nn.Module):
 
     At initialisation the layer returns its input exactly, so inserting it into a trained network changes nothing
     until training moves ``gamma``. Subclasses implement :meth:`attend` (``A``); ``gate=False`` gives ``y = A(x)``.
+
+    Attributes:
+        default_placement (str): Where ``yolo11n-<name>`` puts the layer (see :mod:`detector.variants`).
+        channels (int): Input (and output) channels.
+        gamma (nn.Parameter | None): The gate, one scalar starting at 0; None with ``gate=False``.
+
+    Examples:
+        >>> from modules import SE
+        >>> layer = SE(64)
+        >>> x = torch.randn(1, 64, 8, 8)
+        >>> torch.equal(layer(x), x), float(layer.gamma.detach())
+        (True, 0.0)
+        >>> SE(64, gate=False).gamma is None
+        True
     """
 
     default_placement = "neck"  # where `yolo11n-<name>` puts the layer (see detector.variants)
@@ -43,6 +87,7 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError unless ``x`` is an (N, channels, H, W) tensor (not checked while tracing)."""
         # While tracing (ONNX export) sizes are tensors and comparing them would bake this check into the graph.
         if not torch.jit.is_tracing() and (x.ndim != 4 or x.shape[1] != self.channels):
             raise ValueError(
@@ -62,9 +107,22 @@ class Attention(nn.Module):
 class ScalingAttention(Attention):
     """Attention that rescales its input: ``A(x) = x * w(x)``, with ``w`` broadcastable to ``x``.
 
-    The gate folds into the weights, ``x + gamma * (x * w - x) = x * (1 + gamma * (w - 1))``: the same function with
-    two fewer passes over the feature map, and still exactly ``x`` while gamma is 0. Subclasses implement
-    :meth:`weights`.
+    The gate opens the *pattern* of ``w``, not its level: ``y = x * (1 + gamma * (w / mean(w) - 1))``, the mean taken
+    per sample over ``w``'s own axes. A sigmoid ``w`` sits near 0.5 at initialisation, so with ``w - 1`` the first
+    thing an opening gate buys is a global gain of the features (which the next convolution and BatchNorm can
+    provide anyway), and gamma's gradient would measure that gain rather than the re-weighting. Normalised, gamma's
+    gradient measures how useful the channel or spatial re-weighting is, and at gamma = 1 the layer applies the
+    paper's ``x * w`` up to that per-sample scale. Still exactly ``x`` while gamma is 0, in two passes over the map.
+    ``gate=False`` gives the paper's ``x * w``. Subclasses implement :meth:`weights`.
+
+    Examples:
+        >>> from modules import SE
+        >>> layer = SE(64)
+        >>> x = torch.randn(1, 64, 8, 8)
+        >>> _ = layer.gamma.data.fill_(1.0)
+        >>> w = layer.weights(x)
+        >>> torch.allclose(layer(x), x * w / w.mean((1, 2, 3), keepdim=True))  # gamma = 1: the normalised pattern
+        True
     """
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,4 +135,7 @@ class ScalingAttention(Attention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         w = self.weights(x)
-        return x * (w if self.gamma is None else 1 + self.gamma * (w - 1))
+        if self.gamma is None:
+            return x * w
+        pattern = w / w.mean(tuple(range(1, w.ndim)), keepdim=True).clamp_min(1e-6)
+        return x * (1 + self.gamma * (pattern - 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ScalingAttention, check_positive_int
+from .base import ScalingAttention, check_positive_int, reduced_channels
 
 
 class CBAM(ScalingAttention):
@@ -16,11 +16,23 @@ class CBAM(ScalingAttention):
     descriptors go through one shared MLP (``channels -> max(channels // reduction, 1) -> channels``, ReLU), are
     summed and squashed by a sigmoid. Spatial: the channel-wise mean and max maps, concatenated, go through a
     ``spatial_kernel`` x ``spatial_kernel`` convolution (7 in the paper) and a sigmoid.
+
+    Attributes:
+        mlp (nn.Sequential): The shared channel MLP as 1x1 convolutions.
+        spatial (nn.Conv2d): The spatial attention convolution, 2 maps in, 1 out.
+
+    Examples:
+        >>> layer = CBAM(64)
+        >>> x = torch.randn(1, 64, 20, 20)
+        >>> layer(x).shape, layer.weights(x).shape
+        (torch.Size([1, 64, 20, 20]), torch.Size([1, 64, 20, 20]))
+        >>> torch.equal(layer(x), x)  # gamma = 0
+        True
     """
 
     def __init__(self, channels: int, reduction: int = 16, spatial_kernel: int = 7, gate: bool = True) -> None:
         super().__init__(channels, gate)
-        hidden = max(channels // check_positive_int("CBAM", "reduction", reduction), 1)
+        hidden = reduced_channels(channels, check_positive_int("CBAM", "reduction", reduction), min_channels=1)
         if check_positive_int("CBAM", "spatial_kernel", spatial_kernel) % 2 == 0:
             raise ValueError(f"CBAM: spatial_kernel must be odd (to keep the map size), got {spatial_kernel}")
         self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ScalingAttention, check_positive_int
+from .base import ScalingAttention, check_positive_int, reduced_channels
 
 
 class CoordAtt(ScalingAttention):
@@ -17,11 +17,24 @@ class CoordAtt(ScalingAttention):
     1x1 reduction to ``max(8, channels // reduction)`` channels with BatchNorm and h-swish, are split again and
     mapped by their own 1x1 convolution and sigmoid to ``a_h`` (N, C, H, 1) and ``a_w`` (N, C, 1, W);
     the output is ``x * a_h * a_w``. Pooling uses ``mean`` so exported ONNX graphs keep dynamic sizes.
+
+    Attributes:
+        reduce (nn.Sequential): The shared 1x1 reduction, BatchNorm and h-swish.
+        expand_h (nn.Conv2d): 1x1 convolution giving the row gates ``a_h``.
+        expand_w (nn.Conv2d): 1x1 convolution giving the column gates ``a_w``.
+
+    Examples:
+        >>> layer = CoordAtt(64)
+        >>> x = torch.randn(1, 64, 20, 30)
+        >>> layer(x).shape, layer.weights(x).shape
+        (torch.Size([1, 64, 20, 30]), torch.Size([1, 64, 20, 30]))
+        >>> torch.equal(layer(x), x)  # gamma = 0
+        True
     """
 
     def __init__(self, channels: int, reduction: int = 32, gate: bool = True) -> None:
         super().__init__(channels, gate)
-        hidden = max(8, channels // check_positive_int("CoordAtt", "reduction", reduction))
+        hidden = reduced_channels(channels, check_positive_int("CoordAtt", "reduction", reduction), min_channels=8)
         self.reduce = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.BatchNorm2d(hidden), nn.Hardswish())
         self.expand_h = nn.Conv2d(hidden, channels, 1)
         self.expand_w = nn.Conv2d(hidden, channels, 1)

@@ -17,6 +17,17 @@ class ECA(ScalingAttention):
     Like SE but without dimensionality reduction: a 1-D convolution across the globally average-pooled channel
     descriptor (local cross-channel interaction), then a sigmoid gate per channel. The kernel size adapts to the
     channel count, ``k = |log2(C) / gamma + b / gamma|_odd`` with gamma=2, b=1, unless ``kernel_size`` is given.
+
+    Attributes:
+        conv (nn.Conv1d): The 1-D convolution across the channel descriptor, no bias.
+
+    Examples:
+        >>> layer = ECA(256)
+        >>> layer.conv.kernel_size
+        (5,)
+        >>> x = torch.randn(1, 256, 10, 10)
+        >>> layer(x).shape, layer.weights(x).shape
+        (torch.Size([1, 256, 10, 10]), torch.Size([1, 256, 1, 1]))
     """
 
     def __init__(self, channels: int, kernel_size: int | None = None, gate: bool = True) -> None:
@@ -29,7 +40,12 @@ class ECA(ScalingAttention):
 
     @staticmethod
     def adaptive_kernel_size(channels: int, gamma: float = 2, b: float = 1) -> int:
-        """The paper's Eq. 12: ``|log2(channels) / gamma + b / gamma|``, rounded to an odd int (up if even)."""
+        """The paper's Eq. 12: ``|log2(channels) / gamma + b / gamma|``, rounded to an odd int (up if even).
+
+        Examples:
+            >>> ECA.adaptive_kernel_size(64), ECA.adaptive_kernel_size(256), ECA.adaptive_kernel_size(1024)
+            (3, 5, 5)
+        """
         t = int(abs((math.log2(channels) + b) / gamma))
         return t if t % 2 else t + 1
 

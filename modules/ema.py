@@ -17,6 +17,20 @@ class EMA(Attention):
     sigmoids, followed by GroupNorm; a parallel 3x3 branch captures multi-scale context. Cross-spatial learning: the
     softmax of each branch's global-average descriptor is matrix-multiplied with the other branch's features, giving
     two (H*W) spatial maps whose sum, through a sigmoid, reweights the group's pixels.
+
+    Attributes:
+        groups (int): Channel groups (``factor``); ``channels`` must be a multiple of it.
+        conv1x1 (nn.Conv2d): The 1x1 branch's convolution over both directional poolings.
+        conv3x3 (nn.Conv2d): The 3x3 branch.
+        norm (nn.GroupNorm): GroupNorm after the 1x1 branch's gating.
+
+    Examples:
+        >>> layer = EMA(64, factor=8)
+        >>> x = torch.randn(2, 64, 20, 20)
+        >>> layer(x).shape
+        torch.Size([2, 64, 20, 20])
+        >>> torch.equal(layer(x), x)  # gamma = 0
+        True
     """
 
     def __init__(self, channels: int, factor: int = 32, gate: bool = True) -> None:

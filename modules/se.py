@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ScalingAttention, check_positive_int
+from .base import ScalingAttention, check_positive_int, reduced_channels
 
 
 class SE(ScalingAttention):
@@ -13,11 +13,22 @@ class SE(ScalingAttention):
 
     Channel gates from a bottleneck MLP (``channels -> max(channels // reduction, 8) -> channels``, ReLU, sigmoid)
     over the globally average-pooled features; the input is rescaled channel by channel.
+
+    Attributes:
+        fc (nn.Sequential): The bottleneck MLP as 1x1 convolutions, ending in the sigmoid.
+
+    Examples:
+        >>> layer = SE(64)
+        >>> x = torch.randn(1, 64, 20, 20)
+        >>> layer(x).shape, layer.weights(x).shape
+        (torch.Size([1, 64, 20, 20]), torch.Size([1, 64, 1, 1]))
+        >>> torch.equal(layer(x), x)  # gamma = 0
+        True
     """
 
     def __init__(self, channels: int, reduction: int = 16, gate: bool = True) -> None:
         super().__init__(channels, gate)
-        hidden = max(channels // check_positive_int("SE", "reduction", reduction), 8)
+        hidden = reduced_channels(channels, check_positive_int("SE", "reduction", reduction), min_channels=8)
         self.fc = nn.Sequential(
             nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
         )

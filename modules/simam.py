@@ -15,6 +15,17 @@ class SimAM(ScalingAttention):
     energy of each neuron, ``e = 4 (var + lambda) / ((x - mean)^2 + 2 var + 2 lambda)``, is lowest for neurons that
     stand out from the others in their channel, so the output is ``x * sigmoid(1 / e)`` with the per-channel mean and
     variance (over ``H * W - 1``) and ``lambda`` = 1e-4. A 1x1 map has no variance; every weight is then sigmoid(0.5).
+
+    Attributes:
+        lambda_ (float): The energy's regulariser ``lambda``.
+
+    Examples:
+        >>> layer = SimAM(64)
+        >>> x = torch.randn(1, 64, 20, 20)
+        >>> layer(x).shape, sum(p.numel() for p in layer.parameters())  # only the gate gamma
+        (torch.Size([1, 64, 20, 20]), 1)
+        >>> float(layer.weights(torch.ones(1, 64, 1, 1)).mean()) == float(torch.tensor(0.5).sigmoid())
+        True
     """
 
     def __init__(self, channels: int, lambda_: float = 1e-4, gate: bool = True) -> None:

@@ -1,8 +1,10 @@
-"""``python -m service``: run the REST service with uvicorn. Every setting is a flag and a ``DETECT_*`` variable."""
+"""``python -m service``: run the REST service with uvicorn (and the connection limits of `service.connections`).
+Every setting is a flag and a ``DETECT_*`` variable."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connections import ConnectionLimits, GuardedHttpProtocol
     from .logs import configure_logging
 
     configure_logging(settings.log_format)
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=functools.partial(GuardedHttpProtocol, limits=ConnectionLimits.from_settings(settings)),
+        ws="none",  # no WebSocket routes: an upgrade request is an ordinary request, under the same limits
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=settings.graceful_timeout_s,

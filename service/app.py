@@ -13,8 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from engine import physical_cores
+
 from .dependencies import ServiceState
 from .errors import install_error_handlers
+from .memory import limit_malloc_arenas
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, RequestContextMiddleware
 from .pipeline import Pipeline
@@ -40,6 +43,7 @@ the server has keys. Errors are JSON saying what was wrong.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app. Models load in the background once it starts: /healthz answers at once, /readyz when loaded."""
     settings = settings or Settings()
+    limit_malloc_arenas(physical_cores())  # before the request threads start, each with its own arena otherwise
     metrics = Metrics(settings.max_batch)
 
     @contextlib.asynccontextmanager
@@ -75,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ops.STATIC_DIR), name="static")
     # Added innermost first: the request id wraps everything, so 413s and CORS answers carry it too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,26 +1,41 @@
-"""Micro-batching: one worker thread per model takes jobs from a bounded queue and runs them together.
+"""Micro-batching as Triton's dynamic batcher does it: worker threads, one per model instance, take jobs from a
+bounded queue and run them together.
 
-A job is the prepared images of one request and the `Detector` that prepared them. The worker takes
-the first waiting job, then waits up to `max_wait_s` for more jobs of the same detector until the
-batch holds `max_batch` images (the model's fixed batch size when its batch axis is static), runs
-`Detector.infer` once on all of them, and hands every job its own outputs. A request takes its place
+A job is the prepared images of one request and the `Detector` that prepared them. A free worker takes the first
+waiting job and every job of the same detector that has queued up behind it, up to `max_batch` images (the model's
+fixed batch size when its batch axis is static), runs `Detector.infer` on its own instance (session), and hands every
+job its own outputs. So a batch is whatever queued while the instances were busy; `max_wait_s` (default 0, like
+Triton's ``max_queue_delay_microseconds``) makes the first job wait for company, trading latency for batch size.
+One batch forms at a time; the instances run theirs at once. A request takes its place
 in the queue (`reserve`) before its images are prepared, so a full queue refuses it before any work
-(`QueueFull`); a job cancelled while waiting (its request timed out) is skipped.
+(`QueueFull`). A request that gives up (timeout, shutdown) abandons its job: a waiting job is skipped, and a
+model run whose requests have all given up is stopped (ONNX Runtime's `RunOptions.terminate`).
+
+Memory: one `session.run` takes at most `max_image_pixels` input pixels (or a full batch at the model's own
+size), so batching never multiplies the memory of a large inference size; a run at a size larger than the
+model's own releases ONNX Runtime's arena and the freed heap afterwards.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Self
 
-from .engine import Detector, Prepared, RawOutput
+import onnxruntime as ort
+
+from engine import Detector, Prepared, RawOutput
+
+from .memory import release_free_memory
 from .metrics import Metrics
+from .priority import lower_thread_priority
 
 logger = logging.getLogger("service.batching")
 
@@ -38,6 +53,7 @@ class _Job:
     detector: Detector
     items: list[Prepared]
     future: Future[list[RawOutput]] = field(default_factory=Future)
+    abandoned: bool = False  # its request gave up
 
 
 _STOP = object()
@@ -46,10 +62,11 @@ _STOP = object()
 @dataclass(eq=False)
 class QueuePlace:
     """A place in a worker's queue, held from before a request's images are prepared until the worker takes its
-    job. Used as a context manager: leaving it without `submit` (a bad image, a timeout) frees the place."""
+    job. Used as a context manager: leaving it without `submit` (a bad image, a timeout) frees the place, leaving it
+    before the job's result (a timeout, a shutdown) abandons the job."""
 
     worker: BatchWorker
-    submitted: bool = False
+    job: _Job | None = None
 
     def submit(self, detector: Detector, items: list[Prepared]) -> Future[list[RawOutput]]:
         """Queue `items` (prepared by `detector`); the future gets one RawOutput per item, in order.
@@ -57,16 +74,42 @@ class QueuePlace:
         Raises:
             WorkerStopped: the worker is shutting down.
         """
-        future = self.worker._put(_Job(detector, items))
-        self.submitted = True
+        job = _Job(detector, items)
+        future = self.worker._put(job)
+        self.job = job
         return future
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self.submitted:
+        job, self.job = self.job, None  # a place left holds no images
+        if job is None:
             self.worker._places.release()
+        elif not job.future.done():
+            self.worker._abandon(job)
+
+
+def _runs(items: list[Prepared], limit: int, pixel_budget: float) -> Iterator[list[Prepared]]:
+    """`items` in consecutive runs of at most `limit` images and `pixel_budget` input pixels (at least one image)."""
+    run: list[Prepared] = []
+    pixels = 0
+    for item in items:
+        height, width = item.input_shape
+        if run and (len(run) == limit or pixels + height * width > pixel_budget):
+            yield run
+            run, pixels = [], 0
+        run.append(item)
+        pixels += height * width
+    if run:
+        yield run
+
+
+def _shrink_arenas_after(options: ort.RunOptions, detector: Detector) -> None:
+    """Let the run of `options` give back, as it ends, the arena memory that it took beyond what is in use."""
+    _, _, index = detector.device.partition(":")
+    arenas = "cpu:0" if detector.device == "cpu" else f"cpu:0;gpu:{index or 0}"
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
 
 
 class BatchWorker:
@@ -75,22 +118,45 @@ class BatchWorker:
     Args:
         model: model name (thread name and metric label).
         max_batch: most images in one run for models with a dynamic batch axis.
-        max_wait_s: how long the first job of a batch waits for others to join.
+        max_wait_s: how long the first job of a batch waits for others to join (0: not at all).
         queue_size: requests that may wait (being prepared or queued); `reserve` raises `QueueFull` beyond it.
+        max_image_pixels: input pixels of the largest image a request may ask for; the pixel budget of one run.
+        metrics: where runs are recorded.
+        instances: worker threads; thread i runs its batches on the detector's instance i.
+        nice: how much lower the CPU priority of the worker threads is (see `lower_thread_priority`).
     """
 
-    def __init__(self, model: str, max_batch: int, max_wait_s: float, queue_size: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: str,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+        max_image_pixels: int,
+        metrics: Metrics,
+        instances: int = 1,
+        nice: int = 0,
+    ) -> None:
         self.model = model
+        self.nice = nice
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
+        self.max_image_pixels = max_image_pixels
         self._places = threading.BoundedSemaphore(queue_size)  # free places; the worker frees one per job it takes
         self._queue: queue.Queue[_Job | object] = queue.Queue()  # never over queue_size jobs: each holds a place
         self._carried: _Job | object | None = None  # taken from the queue but left for the next batch
         self._metrics = metrics
         self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name=f"infer-{model}", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # guards `_running` and the jobs' `abandoned`
+        self._gathering = threading.Lock()  # one batch forms at a time (it guards `_carried`)
+        self._running: dict[int, tuple[list[_Job], ort.RunOptions]] = {}  # per instance: its batch and run options
+        self._threads = [
+            threading.Thread(target=self._serve, args=(instance,), name=f"infer-{model}-{instance}", daemon=True)
+            for instance in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def depth(self) -> int:
@@ -116,12 +182,31 @@ class BatchWorker:
         self._queue.put_nowait(job)
         return job.future
 
+    def _abandon(self, job: _Job) -> None:
+        """The request of `job` gave up: skip the job if it waits, stop its run if no other request needs that."""
+        job.future.cancel()  # only a job that is not running yet can be cancelled
+        with self._lock:
+            job.abandoned = True
+            for jobs, options in self._running.values():
+                if job in jobs and all(other.abandoned for other in jobs):
+                    options.terminate = True
+
+    def _start_run(self, batch: list[_Job], options: ort.RunOptions, instance: int) -> bool:
+        """Record the run about to start for `_abandon`; False when every request of the batch gave up already."""
+        with self._lock:
+            if all(job.abandoned for job in batch):
+                return False
+            self._running[instance] = batch, options
+            return True
+
     def stop(self, timeout: float) -> None:
-        """Run what is queued, then end the thread (waiting at most `timeout` seconds)."""
+        """Run what is queued, then end the threads (waiting at most `timeout` seconds in all)."""
         self._stopping = True
         self._queue.put_nowait(_STOP)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        if any(thread.is_alive() for thread in self._threads):
             logger.warning("inference queue of %r did not drain before shutdown", self.model)
 
     def _batch_limit(self, detector: Detector) -> int:
@@ -137,50 +222,85 @@ class BatchWorker:
             self._places.release()  # out of the queue: its place is free for another request
         return job
 
-    def _serve(self) -> None:
+    def _serve(self, instance: int) -> None:
+        lower_thread_priority(self.nice)
         while True:
-            job = self._next(None)
-            if job is _STOP:
+            with self._gathering:
+                batch = self._gather()
+            if batch is None:
                 return
-            assert isinstance(job, _Job)
-            if not job.future.set_running_or_notify_cancel():  # its request gave up while it waited
-                continue
-            batch, size = [job], len(job.items)
-            limit = self._batch_limit(job.detector)
-            deadline = time.monotonic() + self.max_wait_s
-            while size < limit:
-                try:
-                    candidate = self._next(max(deadline - time.monotonic(), 0.0))
-                except queue.Empty:
-                    break
-                if not isinstance(candidate, _Job):  # the stop sentinel
-                    self._carried = candidate
-                    break
-                if candidate.detector is not job.detector or size + len(candidate.items) > limit:
-                    self._carried = candidate  # another model version, or too big: it starts the next batch
-                    break
-                if candidate.future.set_running_or_notify_cancel():
-                    batch.append(candidate)
-                    size += len(candidate.items)
-            self._run(batch, limit)
+            give_back = bool(batch) and self._run(batch, self._batch_limit(batch[0].detector), instance)
+            del batch  # its images, which would stay in memory while the next batch forms
+            if give_back:
+                release_free_memory()
 
-    def _run(self, batch: list[_Job], limit: int) -> None:
+    def _gather(self) -> list[_Job] | None:
+        """The next batch: the first waiting job and those that queued behind it (waiting up to `max_wait_s` for
+        more); empty when that job's request gave up, None when the worker stops."""
+        job = self._next(None)
+        if job is _STOP:
+            self._carried = job  # the next thread to gather stops too
+            return None
+        assert isinstance(job, _Job)
+        if not job.future.set_running_or_notify_cancel():  # its request gave up while it waited
+            return []
+        batch, size = [job], len(job.items)
+        limit = self._batch_limit(job.detector)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < limit:
+            try:
+                candidate = self._next(max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+            if not isinstance(candidate, _Job):  # the stop sentinel
+                self._carried = candidate
+                break
+            if candidate.detector is not job.detector or size + len(candidate.items) > limit:
+                self._carried = candidate  # another model version, or too big: it starts the next batch
+                break
+            if candidate.future.set_running_or_notify_cancel():
+                batch.append(candidate)
+                size += len(candidate.items)
+        return batch
+
+    def _run(self, batch: list[_Job], limit: int, instance: int) -> bool:
+        """Run the batch and answer its requests; True when the memory the runs took should be given back to the
+        system once the batch is dropped (larger inputs than the model's default, or a stopped run)."""
         detector = batch[0].detector
         items = [item for job in batch for item in job.items]
+        height, width = detector.info.imgsz
+        pixel_budget = max(self.max_image_pixels, limit * height * width) if detector.info.dynamic_batch else math.inf
+        larger = max(max(item.input_shape) for item in items) > max(height, width)
+        options = None
         try:
             outputs: list[RawOutput] = []
-            for start in range(0, len(items), limit):
-                outputs.extend(detector.infer(items[start : start + limit]))
+            for run in _runs(items, limit, pixel_budget):
+                options = ort.RunOptions()
+                if max(max(item.input_shape) for item in run) > max(height, width):
+                    _shrink_arenas_after(options, detector)  # what the larger input took goes back as the run ends
+                if not self._start_run(batch, options, instance):
+                    options.terminate = True
+                    raise RuntimeError("every request of the batch gave up before its run")
+                outputs.extend(detector.infer(run, options, instance % detector.instances))
         except Exception as error:  # every waiting request must learn about it
-            logger.exception("model run of %r failed", self.model)
+            stopped = options is not None and options.terminate
+            if stopped:
+                logger.info("model run of %r stopped: every request of its batch gave up", self.model)
+            else:
+                logger.exception("model run of %r failed", self.model)
+            error.__traceback__ = None  # it holds this frame, so the batch's images (a cycle through the futures)
             for job in batch:
                 job.future.set_exception(error)
-            return
+            return stopped or larger
+        finally:
+            with self._lock:
+                self._running.pop(instance, None)
         self._observe(outputs)
         offset = 0
         for job in batch:
             job.future.set_result(outputs[offset : offset + len(job.items)])
             offset += len(job.items)
+        return larger
 
     def _observe(self, outputs: list[RawOutput]) -> None:
         """Record one batch-size and one duration sample per session run.

@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .engine import EngineError, ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedImageType
+from engine import EngineError, ImageTooLarge, InvalidImage, InvalidParameter, UnsupportedImageType
+
 from .logs import request_id_var
 
 logger = logging.getLogger("service")
@@ -32,10 +33,12 @@ _ERROR_TYPES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "content_too_large",
     415: "unsupported_media_type",
     422: "invalid_parameter",
+    431: "headers_too_large",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",
@@ -110,8 +113,9 @@ def dialect(path: str) -> str:
     return "native"
 
 
-def error_body(path: str, error: ServiceError) -> dict[str, Any]:
-    """The JSON error document for `error` in the dialect of the API at `path`."""
+def error_body(path: str, error: ServiceError, request_id: str | None = None) -> dict[str, Any]:
+    """The JSON error document for `error` in the dialect of the API at `path` (`request_id`: the one of this
+    request when answered outside the app, else the one in the context)."""
     kind = dialect(path)
     if kind == "deepstack":
         return {"success": False, "error": error.message, "code": error.status_code}
@@ -122,7 +126,7 @@ def error_body(path: str, error: ServiceError) -> dict[str, Any]:
         detail["field"] = error.field
     if error.models is not None:
         detail["models"] = error.models
-    return {"error": detail, "request_id": request_id_var.get()}
+    return {"error": detail, "request_id": request_id or request_id_var.get()}
 
 
 def error_response(path: str, error: ServiceError) -> JSONResponse:

@@ -1,13 +1,16 @@
 """Request processing shared by every API: prepare in threads, infer in the model's worker, finish in threads.
 
 Nothing CPU-bound runs on the event loop: decoding and letterboxing (`Detector.prepare`) and NMS
-(`Detector.finish`) run in the thread pool, inference in the model's `BatchWorker` thread. The whole
-processing of a request is bounded by `request_timeout_s` (504).
+(`Detector.finish`) run in the thread pool, inference in the model's `BatchWorker` thread. The images of a
+request are checked against the pixel limits from their headers, then decoded one after the other in one thread,
+with at most one decoding per core at a time (which bounds the memory of decoded images). The whole processing of a
+request is bounded by `request_timeout_s` (504); a request that is over stops its decoding and its model run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -17,8 +20,7 @@ from typing import TypeVar
 import anyio
 import numpy as np
 
-from .batching import QueueFull, QueuePlace, WorkerStopped
-from .engine import (
+from engine import (
     Detector,
     ImageError,
     InvalidParameter,
@@ -27,8 +29,12 @@ from .engine import (
     Prepared,
     RawOutput,
     decode_image,
+    physical_cores,
 )
+
+from .batching import QueueFull, QueuePlace, WorkerStopped
 from .errors import ServiceError, from_engine_error
+from .limits import check_image_pixels
 from .metrics import Metrics
 from .registry import ModelEntry
 from .settings import Settings
@@ -75,11 +81,12 @@ async def _in_thread(function: Callable[..., T], *args: object) -> T:
 
 
 class Pipeline:
-    """Runs requests through a model with the settings' timeout, queue and metrics."""
+    """Runs requests through a model with the settings' limits, timeout, queue and metrics."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._decoding = anyio.CapacityLimiter(physical_cores())
 
     async def detect(
         self,
@@ -91,23 +98,32 @@ class Pipeline:
     ) -> list[DetectedImage]:
         """Detect objects in `images` with `detector` (the version of `entry` chosen when the request began)."""
         started = time.perf_counter()
+        over = threading.Event()
         with self._reserve(entry) as place:
-            async with self._deadline(entry):
-                outcomes = await asyncio.gather(
-                    *(_in_thread(self._prepare, detector, image, options.imgsz, keep_images) for image in images),
-                    return_exceptions=True,
-                )
-                failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-                if failures:  # the first bad image in request order
-                    raise failures[0]
-                prepared: list[tuple[Prepared, np.ndarray | None, float]] = outcomes  # type: ignore[assignment]
-                items = [item for item, _, _ in prepared]
-                raw = await self._infer(place, detector, items)
-                predictions = await _in_thread(self._finish, detector, raw, items, options)
+            try:
+                async with self._deadline(entry):
+                    prepared = await anyio.to_thread.run_sync(
+                        self._prepare_all,
+                        detector,
+                        images,
+                        options.imgsz,
+                        keep_images,
+                        over,
+                        abandon_on_cancel=True,
+                        limiter=self._decoding,
+                    )
+                    items = [item for item, _, _ in prepared]
+                    raw = await self._infer(place, detector, items)
+                    predictions = await _in_thread(self._finish, detector, raw, items, options)
+            except BaseException:
+                prepared = items = []  # the traceback keeps this frame: not its network inputs (33 MB at 1920)
+                raise
+            finally:
+                over.set()
         total_ms = (time.perf_counter() - started) * 1e3
         return [
             DetectedImage(prediction, decode_ms, total_ms, image)
-            for prediction, (_, image, decode_ms) in zip(predictions, prepared)
+            for prediction, (_, image, decode_ms) in zip(predictions, prepared, strict=True)
         ]
 
     async def infer_tensor(self, entry: ModelEntry, detector: Detector, batch: np.ndarray) -> list[RawOutput]:
@@ -160,6 +176,24 @@ class Pipeline:
                 type="inference_failed",
             ) from None
 
+    def _prepare_all(
+        self,
+        detector: Detector,
+        images: Sequence[ImageInput],
+        imgsz: int | None,
+        keep_images: bool,
+        over: threading.Event,
+    ) -> list[tuple[Prepared, np.ndarray | None, float]]:
+        """Check the images' headers against the pixel limits, then prepare them in order until the request is over
+        (the first bad image fails the request)."""
+        check_image_pixels(((image.label, image.data) for image in images), self.settings)
+        prepared = []
+        for image in images:
+            if over.is_set():  # the request timed out or was cancelled: nobody waits for the rest
+                break
+            prepared.append(self._prepare(detector, image, imgsz, keep_images))
+        return prepared
+
     @staticmethod
     def _prepare(
         detector: Detector, image: ImageInput, imgsz: int | None, keep_image: bool
@@ -185,7 +219,7 @@ class Pipeline:
         try:
             return [
                 detector.finish(output, item, options.conf, options.iou, options.max_det, options.classes)
-                for output, item in zip(raw, items)
+                for output, item in zip(raw, items, strict=True)
             ]
         except InvalidParameter as error:
             raise ServiceError(422, str(error)) from None

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import numpy as np
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from engine import Detector, plan_execution
+
 from .batching import BatchWorker
-from .engine import Detector
 from .errors import ServiceError
+from .memory import release_free_memory
 from .metrics import Metrics
+from .priority import call_at_lower_priority
 from .schemas import DynamicAxes, ModelDescription
 from .settings import Settings
 
@@ -94,6 +96,7 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.default_name = settings.default_model
+        self.plan = plan_execution(settings.instances, settings.threads, settings.device)
         self.entries: dict[str, ModelEntry] = {
             source.name: ModelEntry(
                 source.name,
@@ -103,7 +106,10 @@ class ModelRegistry:
                     settings.max_batch,
                     settings.max_batch_wait_ms / 1e3,
                     settings.queue_size,
+                    settings.max_imgsz**2,
                     metrics,
+                    self.plan.instances,
+                    settings.inference_nice,
                 ),
             )
             for source in settings.models
@@ -173,10 +179,19 @@ class ModelRegistry:
         return entry
 
     async def _load(self, entry: ModelEntry) -> bool:
-        """Load `entry.path` in a worker thread, warm it up, then swap it in; on failure keep what was served."""
+        """Load `entry.path` in a worker thread, warm it up, then swap it in; on failure keep what was served.
+        Either way the memory freed (the replaced version's, the load's own) goes back to the system."""
+        try:
+            return await self._swap_in(entry)
+        finally:
+            await anyio.to_thread.run_sync(release_free_memory)
+
+    async def _swap_in(self, entry: ModelEntry) -> bool:
         signature = file_signature(entry.path)
         try:
-            served = await anyio.to_thread.run_sync(self._load_version, entry.path)
+            served = await anyio.to_thread.run_sync(
+                call_at_lower_priority, self.settings.inference_nice, self._load_version, entry.path
+            )
         except Exception as error:  # noqa: BLE001  # any failure keeps the previous version serving
             entry.error = str(error) or type(error).__name__
             entry.loaded_signature = signature
@@ -188,7 +203,8 @@ class ModelRegistry:
         entry.served, entry.state, entry.error, entry.loaded_signature = served, "ready", None, signature
         info = served.detector.info
         logger.info(
-            "model %r loaded from %s: %d classes, imgsz %s, %s, dynamic batch %s, providers %s",
+            "model %r loaded from %s: %d classes, imgsz %s, %s, dynamic batch %s, providers %s, "
+            "%d instances x %d threads",
             entry.name,
             entry.path,
             info.num_classes,
@@ -196,18 +212,27 @@ class ModelRegistry:
             info.precision,
             info.dynamic_batch,
             ",".join(info.providers),
+            self.plan.instances,
+            self.plan.threads,
         )
         self.metrics.loads.labels(entry.name, "ok").inc()
         return True
 
     def _load_version(self, path: Path) -> ServedModel:
-        """Load the ONNX and run it once at its default size (warm-up, and the output shape for KServe metadata)."""
+        """Load the ONNX and run each instance once at its default size (warm-up, and the output shape for KServe
+        metadata)."""
+        plan = self.plan
         detector = Detector(
-            path, self.settings.device, self.settings.threads or None, max_pixels=self.settings.max_pixels
+            path,
+            self.settings.device,
+            plan.threads,
+            self.settings.max_pixels,
+            plan.instances,
+            plan.spinning,
+            self.settings.max_imgsz,
+            self.settings.reduced_decoding,
         )
-        height, width = detector.info.imgsz
-        [warmup] = detector.infer([detector.prepare(np.zeros((height, width, 3), np.uint8))])
-        return ServedModel(detector, datetime.now(UTC), warmup.output.shape)
+        return ServedModel(detector, datetime.now(UTC), detector.warmup().output.shape)
 
     async def watch(self, interval: float = WATCH_INTERVAL_S) -> None:
         """Reload a model whose file changed, once the change has been stable for one check (runs until cancelled)."""

@@ -160,10 +160,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "missing or wrong API key",
         404: "unknown model (the error lists the models)",
         409: "reload failed (the old version keeps serving) or already running",
-        413: "body over DETECT_MAX_UPLOAD_BYTES, or image over DETECT_MAX_PIXELS",
+        413: "body over DETECT_MAX_UPLOAD_BYTES, image over DETECT_MAX_PIXELS, more images than DETECT_MAX_IMAGES or "
+        "pixels than DETECT_MAX_REQUEST_PIXELS",
         415: "unsupported image type (sniffed from the bytes) or Content-Type",
-        422: "invalid parameter: error.field names it",
-        503: "queue full (Retry-After), model not loaded, or shutting down",
+        422: "invalid parameter (imgsz over DETECT_MAX_IMGSZ and classes over DETECT_MAX_CLASSES included): "
+        "error.field names it",
+        503: "queue full (Retry-After), model not loaded, shutting down, or too many connections",
         504: "processing took longer than DETECT_REQUEST_TIMEOUT_S",
     }
     return {status: {"model": ErrorResponse, "description": meaning[status]} for status in statuses}
@@ -328,6 +330,11 @@ class DynamicBatching(BaseModel):
     max_queue_delay_microseconds: int
 
 
+class InstanceGroup(BaseModel):
+    count: int = Field(description="model instances: sessions that run at once (DETECT_INSTANCES)")
+    kind: str = Field(description="KIND_CPU or KIND_GPU")
+
+
 class ModelConfig(BaseModel):
     """Triton model configuration (the JSON form of config.pbtxt) of the ONNX as this server runs it."""
 
@@ -338,4 +345,8 @@ class ModelConfig(BaseModel):
     input: list[ModelConfigTensor]
     output: list[ModelConfigTensor]
     dynamic_batching: DynamicBatching | None = None
-    parameters: dict[str, dict[str, str]] = Field(description="the ONNX metadata as {key: {string_value}}")
+    instance_group: list[InstanceGroup] | None = None
+    parameters: dict[str, dict[str, str]] = Field(
+        description="the ONNX metadata a client needs (names, imgsz, stride, task, version, architecture) as "
+        "{key: {string_value}}, and `metadata`: the Python literal of a dict that Ultralytics' Triton client reads"
+    )

@@ -10,6 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.images import DEFAULT_MAX_PIXELS
+from engine.preprocess import MAX_IMGSZ
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 """The repository's (or the container's /app) ``weights/`` folder, found relative to this package."""
 
@@ -69,15 +72,64 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on")
     device: str = Field("cpu", description="ONNX Runtime device: cpu, cuda or cuda:N")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per model; 0 = physical cores")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per model instance; 0 = chosen with the instances"
+    )
+    instances: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="model instances per model (sessions that run at once, like Triton's instance_group count); "
+        "0 = one single-threaded instance per core on CPU, up to 8 (then the cores are shared as threads)",
+    )
+    reduced_decoding: bool = Field(
+        True,
+        description="decode a JPEG at 1/2, 1/4 or 1/8 scale in libjpeg when it stays at least as large as the model "
+        "input needs (camera frames: half the decoding time); boxes stay in the original's pixels",
+    )
     max_batch: int = Field(8, ge=1, le=256, description="most images in one micro-batched model run")
+    inference_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="how much lower the CPU priority of model runs is than that of HTTP and decoding (nice value, "
+        "Linux); keeps answers and 503s immediate while the model keeps every core busy; 0 = the same priority",
+    )
     max_batch_wait_ms: float = Field(
-        5.0, ge=0, le=10_000, description="how long the first request of a batch waits for others to join"
+        0.0,
+        ge=0,
+        le=10_000,
+        description="how long the first request of a batch waits for others to join; 0 = a batch is what queued "
+        "while the instances were busy (Triton's default); more trades latency for batch size",
     )
     queue_size: int = Field(32, ge=1, description="requests waiting per model before new ones get 503")
     request_timeout_s: float = Field(30.0, gt=0, description="processing time limit of one request (504 after it)")
     max_upload_bytes: int = Field(20 * MIB, ge=1, description="largest request body in bytes (413 above it)")
-    max_pixels: int = Field(50_000_000, ge=1, description="largest image in pixels, read from its header (413)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image in pixels, read from its header (413)")
+    max_images: int = Field(16, ge=1, description="most images in one request, multipart files or JSON list (413)")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="most pixels of all the images of one request, read from their headers (413)"
+    )
+    max_imgsz: int = Field(
+        1920,
+        ge=32,
+        le=MAX_IMGSZ,  # the engine's own bound
+        description="largest imgsz a request may ask for (422); a model run at 1920 needs about 0.5 GB (SERVICE.md)",
+    )
+    max_classes: int = Field(1000, ge=1, description="most entries in a request's classes filter (422)")
+    max_json_depth: int = Field(32, ge=2, le=512, description="deepest nesting of a JSON body (400)")
+    max_header_bytes: int = Field(
+        16384, ge=1024, description="largest request line and headers in bytes (400 for the line, 431 for headers)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time for a request's headers to arrive once its connection is idle (408, or closed)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="time for a request's body to arrive once its headers have (408)"
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="open connections above which new ones get 503 (probes excepted)"
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated API keys; empty = no authentication"
     )
@@ -132,10 +184,6 @@ class Settings(BaseSettings):
                 f"default_model {self.default_model!r} is not one of the models ({', '.join(names) or 'none'})"
             )
         return self
-
-    @property
-    def model_names(self) -> list[str]:
-        return [source.name for source in self.models]
 
     def api_key_values(self) -> list[bytes]:
         """The configured API keys as bytes, for constant-time comparison."""

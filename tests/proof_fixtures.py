@@ -45,7 +45,7 @@ class ProofPhoto:
 
     data: bytes
     conf: float
-    reference: list[dict[str, Any]]  # Prediction.summary() of the engine, the expected `detections`
+    reference: list[dict[str, Any]]  # Prediction.summary() of the engine decoding as the service does by default
 
 
 def _photo_bytes(real_photos: list[Path]) -> tuple[bytes, float]:
@@ -67,11 +67,14 @@ def _photo_bytes(real_photos: list[Path]) -> tuple[bytes, float]:
 
 @pytest.fixture(scope="session")
 def proof_photo(real_photos, trained_onnx_dynamic) -> ProofPhoto:
-    from service.engine import Detector, decode_image
+    from engine import Detector, decode_image
 
     data, conf = _photo_bytes(real_photos)
     assert decode_image(data).shape == (PHOTO_SIZE[1], PHOTO_SIZE[0], 3)
-    [prediction] = Detector(trained_onnx_dynamic, threads=1).predict(data, conf=conf)
+    from service.settings import Settings
+
+    decoding = Settings.model_fields["reduced_decoding"].default  # the service's, which the proof tests run with
+    [prediction] = Detector(trained_onnx_dynamic, threads=1, reduced_decoding=decoding).predict(data, conf=conf)
     reference = prediction.summary()
     assert reference, "the reference photo must give detections, or comparing answers proves nothing"
     return ProofPhoto(data, conf, reference)

@@ -9,10 +9,12 @@ unavailable. The figures themselves are not judged: this machine is shared and b
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +27,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-SCRIPTS = ("engine.py", "attention_cost.py", "service.py", "soak.py", "loadgen.py")
+SCRIPTS = (
+    "engine.py", "attention_cost.py", "service.py", "soak.py", "loadgen.py", "compare_jobs.py", "peers.py",
+    "reduced_decoding.py",
+)  # fmt: skip
 
 
 def load_script(name: str) -> ModuleType:
@@ -61,11 +66,14 @@ def test_service_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
         "service.py",
         "--model", str(trained_onnx_dynamic), "--threads", "1",
         "--concurrency", "1,2", "--batch-sizes", "1,2", "--duration", "1.5", "--warmup", "0.3",
-        "--reference-runs", "4", "--reference-warmup", "1", "--out", str(out),
+        "--reference-runs", "4", "--reference-warmup", "1", "--sweep-seconds", "0.2", "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
 
+    sweep = report["raw_sweep"]
+    assert {row["batch"] for row in sweep} == {1, 8} and all(row["images_per_s"] > 0 for row in sweep)
+    assert (1, 1, 1) in {(row["instances"], row["threads"], row["batch"]) for row in sweep}
     assert (report["image"]["width"], report["image"]["height"]) == (640, 480)
     assert report["input_shape"] == [1, 3, 256, 320]  # the engine's rect letterbox of a 4:3 photo at 320
     assert report["service_settings"]["threads"] == 1
@@ -98,14 +106,15 @@ def test_service_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
         levels[1]["p50_ms"] / report["references"]["ultralytics"]["p50_ms"]
     )
     assert ratios["throughput_c8_over_raw_rate"] is None  # concurrency 8 was not measured
+    assert ratios["throughput_c8_over_best_raw"] is None
     goals = {row["goal"]: row for row in report["goals"]}
-    assert len(goals) == 3
+    assert len(goals) == 4
     for row in goals.values():
         if row["value"] is None:
             assert row["met"] is None
         else:
             assert row["met"] == (row["value"] <= row["limit"] if row["at_most"] else row["value"] >= row["limit"])
-    assert [row["met"] is None for row in report["goals"]] == [False, True, False]
+    assert [row["met"] is None for row in report["goals"]] == [False, True, True, False]
     assert "goals:" in result.stdout and "not measured" in result.stdout
 
 
@@ -172,11 +181,35 @@ def test_every_option_is_explained(script):
         for choice in action.choices.values()
     ]
     for each in [parser, *subparsers]:
+        rendered = "".join(each.format_help().split())  # without whitespace: wrapping may split anywhere
         for action in each._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help and len(action.help) > 10, f"{script} {action.option_strings} has no help"
+                explained = "".join(each._get_formatter()._expand_help(action).split())
+                assert action.option_strings[-1] in rendered and explained in rendered, (
+                    f"{script} {action.option_strings}: its help is not in --help"
+                )
+                assert_states_its_default(script, action)
     result = run_script(script, "--help", timeout=60)
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def assert_states_its_default(script: str, action: argparse.Action) -> None:
+    """An option that takes a value and has a default says which, as ``(default: VALUE...)``, and VALUE is the
+    real one (a copy of another program's default, e.g. the service's, goes stale)."""
+    if action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+        return
+    value = action.default
+    if isinstance(value, float):
+        shown = {f"{value:g}", str(value)}
+    elif isinstance(value, (list, tuple)):
+        shown = {",".join(map(str, value)), " ".join(map(str, value))}
+    else:
+        shown = {str(value) or "none"}
+    stated = re.search(r"\(default:? ([^)]*)\)", " ".join(action.help.split()))
+    assert stated and any(re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", stated[1]) for v in shown), (
+        f"{script} {action.option_strings}: its help does not state its default {value!r}"
+    )
 
 
 @pytest.mark.skipif(
@@ -286,3 +319,50 @@ def test_attention_cost_benchmark_writes_its_report(tmp_path):
     assert set(rows) == {"yolo11n", "yolo11n-eca"}, rows
     assert rows["yolo11n"]["latency_ratio"] == 1.0 and rows["yolo11n-eca"]["params"] > rows["yolo11n"]["params"]
     assert rows["yolo11n-eca"]["latency_ratio"] > 0 and rows["yolo11n-eca"]["train_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_compare_jobs_benchmark_writes_its_report(tmp_path, shapes_data):
+    out = tmp_path / "jobs.json"
+    result = run_script("compare_jobs.py", "--data", str(shapes_data), "--models", "yolo11n-se", "--seeds", "1",
+                        "--epochs", "1", "--imgsz", "64", "--out", str(out), timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["runs"] == 2 and report["sequential_s"] > 0 and report["parallel_s"] > 0
+    assert report["speedup"] == pytest.approx(report["sequential_s"] / report["parallel_s"])
+
+
+def test_gpu_check_dry_run_names_every_step_and_fits_ten_minutes(tmp_path):
+    """benchmarks/gpu_check.sh with GPU_CHECK_DRY_RUN=1: each step's command and time limit, nothing run or installed,
+    a summary in the output folder (relative to the current directory), at most 600 s if every step took all its."""
+    script = BENCHMARKS / "gpu_check.sh"
+    assert os.access(script, os.X_OK)
+    venv = tmp_path / "venv"
+    env = {**os.environ, "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_VENV": str(venv)}
+    result = subprocess.run(
+        ["bash", str(script), "results"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = ["venv", "install", "onnxruntime-gpu", "cuda-provider", "nvidia-smi", "versions", "tests", "tests-ran",
+             "engine", "engine-640", "service"]  # fmt: skip
+    announced = re.findall(r"^=== ([\w-]+) \(at most (\d+) s\): (.*)$", result.stdout, re.MULTILINE)
+    assert [name for name, _, _ in announced] == steps, result.stdout
+    commands = {name: command for name, _, command in announced}
+    assert commands["venv"].endswith(f"-m venv --system-site-packages {venv}")
+    assert commands["install"].endswith("-m pip install -e '.[test,gpu]'")
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && " in commands["onnxruntime-gpu"]
+    assert "'onnxruntime-gpu[cuda,cudnn]>=1.20'" in commands["onnxruntime-gpu"]
+    assert "CUDAExecutionProvider" in commands["cuda-provider"]
+    out = tmp_path / "results"
+    assert "-m pytest -q -m cuda tests/test_cuda.py" in commands["tests"] and f"--junitxml={out}/" in commands["tests"]
+    assert "benchmarks/engine.py --model weights/bccd.onnx --device cuda" in commands["engine"]
+    assert f"--out {out}/engine-gpu.json" in commands["engine"] and "--imgsz 640" in commands["engine-640"]
+    assert commands["service"].endswith(
+        "benchmarks/service.py --model weights/bccd.onnx --device cuda --concurrency 1,4,8,16,32 --duration 10 "
+        f"--warmup 3 --out {out}/service-gpu.json"
+    )
+    assert "only if cuda-provider fails" in result.stdout and "only if engine fails" in result.stdout
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in summary[:-1]] == [[name, "dry-run"] for name in steps]
+    assert sum(int(limit) for _, limit, _ in announced) <= 600 and "total at most" in summary[-1]
+    assert not venv.exists() and sorted(path.name for path in out.iterdir()) == ["summary.txt"]

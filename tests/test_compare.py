@@ -9,7 +9,8 @@ import pytest
 
 from detector.cli import main
 from detector.compare import plan_models
-from detector.compare_report import pareto_front, welch_p
+from detector.compare_report import pareto_front
+from detector.compare_stats import paired
 
 
 def test_baseline_is_always_in_the_table():
@@ -20,9 +21,9 @@ def test_baseline_is_always_in_the_table():
 
 
 def test_welch_and_pareto():
-    assert welch_p([0.50, 0.51, 0.49], [0.60, 0.61, 0.59]) < 0.01
-    assert welch_p([0.50, 0.52, 0.48], [0.51, 0.49, 0.50]) > 0.5
-    assert welch_p([0.5], [0.6, 0.7]) is None
+    assert paired([0.50, 0.51, 0.49], [0.60, 0.61, 0.58]).welch_p < 0.01
+    assert paired([0.50, 0.52, 0.48], [0.51, 0.49, 0.50]).welch_p > 0.5
+    assert paired([0.5], [0.6]).welch_p is None
     assert pareto_front([(2.0, 0.5), (1.0, 0.4), (3.0, 0.45), (4.0, 0.6)]) == [(1.0, 0.4), (2.0, 0.5), (4.0, 0.6)]
 
 
@@ -30,7 +31,8 @@ def test_welch_and_pareto():
 def test_tiny_compare_writes_report_and_resumes(tmp_path, shapes_data, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--data", str(shapes_data), "--models", "yolo11n-se", "--epochs", "2", "--imgsz", "64",
-            "--batch", "4", "--seeds", "2", "--workers", "0", "--latency-runs", "3", "--threads", "1", "--out", str(out),
+            "--batch", "4", "--seeds", "2", "--workers", "0", "--latency-runs", "3", "--threads", "1",
+            "--out", str(out),
             "plots=False", "nbs=4"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -47,6 +49,14 @@ def test_tiny_compare_writes_report_and_resumes(tmp_path, shapes_data, capsys):
         assert [r["model"] for r in csv.DictReader(f)] == ["yolo11n", "yolo11n-se"]
     markdown = (out / "compare.md").read_text()
     assert "Welch" in markdown and "| yolo11n-se |" in markdown
+    assert "## Attention gates" in markdown and "| yolo11n-se | 17 | se | P3 |" in markdown
+    assert "only 2 seed(s)" in markdown  # the report warns, not only the log
+    assert "<function" not in (out / "plan.json").read_text()
+    result = json.loads((out / "runs" / "yolo11n-se" / "seed0" / "result.json").read_text())
+    assert [g["layer"] for g in result["gates"]] == [17, 21, 25] and result["device"] == "cpu"
+    assert report["command"].startswith("python -m detector compare --data") and "nbs=4" in report["command"]
+    delta = report["rows"][1]["delta"]["val_map50_95"]
+    assert {"ci95", "p", "p_holm", "welch_p", "mde", "significant"} <= set(delta)
     for plot in ("pareto.png", "pr_curves.png", "training_curves.png"):
         assert (out / plot).stat().st_size > 1000
 

@@ -19,6 +19,7 @@ import yaml
 
 from detector.data import DatasetError, ImportReport, ProblemKind, UnusableDatasetError, import_dataset
 from detector.data import cli as data_cli
+from detector.data.importer import REPORT_NAME as REPORT
 from detector.data.splits import parse_ratios, split_counts
 
 WIDTH, HEIGHT = 64, 48
@@ -70,28 +71,48 @@ def bndbox_line(xml_text: str, index: int = 0) -> int:
     return lines[index]
 
 
-def add_voc_image(root: Path, stem: str, objects: list[dict], size=(WIDTH, HEIGHT), declared=None) -> str:
-    """Image + annotation for one VOC sample; returns the XML text."""
-    draw_image(root / "JPEGImages" / f"{stem}.jpg", [o["box"] for o in objects], size)
+def add_voc_image(
+    root: Path,
+    stem: str,
+    objects: list[dict],
+    size=(WIDTH, HEIGHT),
+    declared=None,
+    images: str = "JPEGImages",
+    annotations: str = "Annotations",
+) -> str:
+    """Image + annotation for one VOC sample (in the folders named ``images`` and ``annotations``); the XML text."""
+    draw_image(root / images / f"{stem}.jpg", [o["box"] for o in objects], size)
     text = voc_xml(f"{stem}.jpg", objects, declared or size)
-    (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    (root / "Annotations" / f"{stem}.xml").write_text(text)
+    (root / annotations).mkdir(parents=True, exist_ok=True)
+    (root / annotations / f"{stem}.xml").write_text(text)
     return text
 
 
-def make_voc(root: Path, count: int = 10, lists: dict[str, list[int]] | None = None) -> Path:
-    """VOC dataset img00..: a 'cat' box and, on even images, a 'dog' box; optional ImageSets/Main lists."""
+def make_voc(
+    root: Path,
+    count: int = 10,
+    lists: dict[str, list[int]] | None = None,
+    images: str = "JPEGImages",
+    annotations: str = "Annotations",
+    lists_folder: str = "ImageSets/Main",
+) -> Path:
+    """VOC dataset img00..: a 'cat' box and, on even images, a 'dog' box; optional split lists in ``lists_folder``."""
     for i in range(count):
         objects = [{"name": "cat", "box": (4 + i, 4, 30 + i, 30)}]
         if i % 2 == 0:
             objects.append({"name": "dog", "box": (34, 10, 60, 44)})
-        add_voc_image(root, f"img{i:02d}", objects)
+        add_voc_image(root, f"img{i:02d}", objects, images=images, annotations=annotations)
     if lists is not None:
-        (root / "ImageSets" / "Main").mkdir(parents=True)
-        for split, indices in lists.items():
-            text = "".join(f"img{i:02d}\n" for i in indices)
-            (root / "ImageSets" / "Main" / f"{split}.txt").write_text(text)
+        write_lists(root / lists_folder, lists)
     return root
+
+
+def write_lists(folder: Path, lists: dict[str, list[int]], suffix: str = "") -> Path:
+    """Split lists ``folder/{split}.txt`` naming img<i><suffix>, one per line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, indices in lists.items():
+        (folder / f"{split}.txt").write_text("".join(f"img{i:02d}{suffix}\n" for i in indices))
+    return folder
 
 
 def write_json(path: Path, data: object) -> Path:
@@ -391,18 +412,6 @@ def test_box_outside_image_is_clipped_or_dropped(tmp_path):
     assert read_labels(out, split, "edge") == [[0, 0.25, 0.708333, 0.5, 0.583333]]
 
 
-def test_declared_size_mismatch_uses_real_size(tmp_path):
-    source = make_voc(tmp_path / "voc", 4)
-    add_voc_image(source, "resized", [{"name": "cat", "box": (16, 12, 48, 36)}], declared=(128, 96))
-    out = tmp_path / "out"
-    report = import_dataset(source, "voc", out, progress=False)
-    [problem] = report.problems
-    assert problem.kind is ProblemKind.SIZE_MISMATCH
-    assert "declares 128x96" in problem.detail and "64x48" in problem.detail
-    split = next(s for s in report.images if (out / "labels" / s / "resized.txt").exists())
-    assert read_labels(out, split, "resized") == [[0, 0.5, 0.5, 0.5, 0.5]]
-
-
 def test_missing_image_is_skipped(tmp_path):
     source = make_voc(tmp_path / "voc", 4)
     add_voc_image(source, "gone", [{"name": "cat", "box": (4, 4, 30, 30)}])
@@ -439,6 +448,20 @@ def test_unparseable_xml_is_skipped_with_line(tmp_path):
     assert report.total_images == 3
 
 
+def test_coco_split_lists_next_to_the_data(tmp_path):
+    root = tmp_path / "coco"
+    make_coco(root, [f"img{i:02d}" for i in range(5)])
+    write_lists(root / "Splits", {"train": [0, 1, 2], "val": [3], "test": [4]}, suffix=".jpg")
+    out = tmp_path / "out"
+    report = import_dataset(root, "coco", out, progress=False)
+    assert report.problems == [] and report.images == {"train": 3, "val": 1, "test": 1}
+    assert report.split_source == "the dataset's own (Splits/train.txt,val.txt,test.txt)"
+    assert read_labels(out, "test", "img04") == [
+        [0, 0.171875, 0.333333, 0.28125, 0.583333],
+        [1, 0.703125, 0.520833, 0.46875, 0.625],
+    ]
+
+
 def test_unparseable_json_is_reported_with_line(tmp_path):
     root = tmp_path / "coco"
     make_coco(root, ["a0", "a1", "a2"], "instances_train.json")
@@ -455,9 +478,11 @@ def test_invalid_entries_are_skipped(tmp_path):
     text = voc_xml("img00.jpg", [{"name": "cat", "box": (4, 4, 30, 30)}]).replace("<xmin>4</xmin>", "")
     (source / "Annotations" / "img00.xml").write_text(text)
     report = import_dataset(source, "voc", tmp_path / "out", progress=False)
-    [problem] = report.problems
+    problem, emptied = report.problems  # img00's only box was invalid: the image is left out too
     assert problem.kind is ProblemKind.INVALID_ENTRY and "without <xmin>" in problem.detail
     assert problem.line == bndbox_line(text)
+    assert emptied.kind is ProblemKind.NO_VALID_BOX and emptied.path.endswith("img00.jpg")
+    assert report.total_images == 3
 
 
 def test_unknown_coco_category_is_reported(tmp_path):
@@ -588,12 +613,20 @@ def test_voc_image_and_list_entry_without_annotation(tmp_path):
     assert report.images == {"train": 3, "val": 2}
 
 
-def test_image_in_two_split_lists_is_reported(tmp_path):
+def test_image_in_two_split_lists_is_an_error_naming_both(tmp_path, capsys):
     source = make_voc(tmp_path / "voc", 4, {"train": [0, 1, 2], "val": [2, 3]})
-    report = import_dataset(source, "voc", tmp_path / "out", progress=False)
-    [problem] = report.problems
-    assert problem.kind is ProblemKind.SPLIT_OVERLAP and "in train and val" in problem.detail
-    assert report.images == {"train": 3, "val": 2}
+    lists = source / "ImageSets" / "Main"
+    with pytest.raises(
+        DatasetError,
+        match=rf"'img02' is in two split lists, {lists / 'train.txt'}:3 and "
+        rf"{lists / 'val.txt'}:1",
+    ):
+        import_dataset(source, "voc", tmp_path / "out", progress=False)
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(tmp_path / "out")) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "train.txt:3" in line and "val.txt:1" in line and "--split" in line
+    report = import_dataset(source, "voc", tmp_path / "out", split="0.5,0.5,0", progress=False)  # lists ignored
+    assert report.images == {"train": 2, "val": 2}
 
 
 # -------------------------------------------------------------------------------------- unusable sources and CLI
@@ -679,7 +712,21 @@ def test_python_m_detector_data_import(tmp_path):
 
     result = detector("--help")
     assert result.returncode == 0, result.stderr
-    for option in ("--format", "--out", "--split", "--seed", "--classes", "--link", "--skip-difficult", "--strict"):
+    options = (
+        "--format",
+        "--out",
+        "--split",
+        "--seed",
+        "--classes",
+        "--link",
+        "--skip-difficult",
+        "--strict",
+        "--annotations",
+        "--images",
+        "--split-lists",
+        "--keep-empty",
+    )
+    for option in options:
         assert option in result.stdout
     source = make_voc(tmp_path / "voc", 4)
     result = detector(str(source), "--format", "voc", "--out", str(tmp_path / "out"))
@@ -697,6 +744,296 @@ def test_every_option_help_states_its_default():
             assert "default" in action.help or "required" in action.help, action.dest
 
 
+# ---------------------------------------------------------------------------------- declared size vs real size
+
+
+def add_resized(root: Path, stem: str, boxes: list[tuple], real: tuple[int, int], declared: tuple[int, int]) -> str:
+    """A VOC sample whose XML declares ``declared`` and gives ``boxes`` in that frame, while the image is ``real``."""
+    scale_x, scale_y = real[0] / declared[0], real[1] / declared[1]
+    drawn = [(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y) for x0, y0, x1, y1 in boxes]
+    draw_image(root / "JPEGImages" / f"{stem}.jpg", drawn, real)
+    text = voc_xml(f"{stem}.jpg", [{"name": "cat", "box": box} for box in boxes], declared)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations" / f"{stem}.xml").write_text(text)
+    return text
+
+
+def labels_of(out: Path, stem: str) -> list[list[float]]:
+    """The label lines written for ``stem``, whichever split it went to."""
+    [label] = list((out / "labels").glob(f"*/{stem}.txt"))
+    return [[float(v) for v in line.split()] for line in label.read_text().splitlines()]
+
+
+SIZE_LINE = 4  # line of <size> in a voc_xml text
+
+
+def test_boxes_in_the_declared_frame_are_scaled_to_the_real_size(tmp_path, capsys):
+    """The NEU-DET mirror: XML declares 200x200, JPEGs are 416x416, boxes run up to 200."""
+    source = tmp_path / "voc"
+    boxes = {"a": (2, 2, 193, 194), "b": (100, 50, 200, 150), "c": (0, 0, 50, 200), "d": (10, 20, 30, 40)}
+    for stem, box in boxes.items():
+        add_resized(source, stem, [box], (416, 416), (200, 200))
+    add_voc_image(source, "same", [{"name": "cat", "box": (4, 4, 30, 30)}])
+    out = tmp_path / "out"
+    report = import_dataset(source, "voc", out, progress=False)
+    assert report.problem_counts() == {"size_scaled": 4}
+    first = report.problems[0]
+    assert first.path == str(source / "Annotations" / "a.xml") and first.line == SIZE_LINE
+    assert "declares 200x200 but a.jpg is 416x416" in first.detail and "scaled by 2.08 x 2.08" in first.detail
+    for stem, (x0, y0, x1, y1) in boxes.items():
+        expected = [0, (x0 + x1) / 400, (y0 + y1) / 400, (x1 - x0) / 200, (y1 - y0) / 200]
+        assert labels_of(out, stem) == [pytest.approx(expected, abs=1e-6)], stem
+    assert_valid_yolo_output(out, report)
+
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out), "--overwrite") == 0
+    assert "size_scaled: 4 - declared size differs" in capsys.readouterr().out
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out), "--overwrite", "--strict") == 1
+    assert "--strict: 4 problems" in capsys.readouterr().err
+
+
+def test_boxes_past_the_declared_frame_but_inside_the_image_keep_the_real_frame(tmp_path):
+    source = make_voc(tmp_path / "voc", 4)
+    add_voc_image(source, "small", [{"name": "dog", "box": (34, 10, 60, 44)}], declared=(32, 24))
+    out = tmp_path / "out"
+    report = import_dataset(source, "voc", out, progress=False)
+    [problem] = report.problems
+    assert problem.kind is ProblemKind.SIZE_REAL_FRAME and problem.line == SIZE_LINE
+    assert "reach (60, 44), past the declared frame but inside the image: kept" in problem.detail
+    assert labels_of(out, "small") == [[1, 0.734375, 0.5625, 0.40625, 0.708333]]
+
+
+@pytest.mark.parametrize(
+    ("declared", "box", "detail"),
+    [
+        ((32, 24), (10, 10, 70, 40), "reach (70, 40), outside both the declared frame and the image: skipped"),
+        ((48, 64), (4, 4, 30, 30), "another aspect ratio (rotated, e.g. by its EXIF orientation)"),
+        ((100, 48), (4, 4, 30, 30), "another aspect ratio; the boxes cannot be placed: skipped"),
+    ],
+)
+def test_boxes_in_neither_frame_or_another_aspect_ratio_skip_the_image(tmp_path, capsys, declared, box, detail):
+    source = make_voc(tmp_path / "voc", 4)
+    add_voc_image(source, "odd", [{"name": "cat", "box": box}], declared=declared)
+    out = tmp_path / "out"
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "size_mismatch: 1" in printed and f"{source / 'Annotations' / 'odd.xml'}:{SIZE_LINE}: " in printed
+    saved = json.loads((out / REPORT).read_text())
+    [problem] = saved["problems"]
+    assert problem["kind"] == "size_mismatch" and detail in problem["detail"] and problem["line"] == SIZE_LINE
+    assert not list(out.rglob("odd.*")) and saved["images"] == {"train": 3, "val": 1}
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out), "--overwrite", "--strict") == 1
+
+
+def test_coco_declared_size_is_checked_against_the_file(tmp_path):
+    annotations = make_coco(tmp_path / "coco", [f"im{i}" for i in range(5)])
+    data = json.loads(annotations.read_text())
+    data["images"][0].update(width=128, height=96)  # boxes reach x 60: in the declared frame, scaled by 0.5
+    data["images"][1].update(width=32, height=24)
+    data["annotations"][3]["bbox"] = [30, 10, 40, 30]  # im1's dog reaches x 70: in neither frame
+    data["images"][2].update(width=0, height=0)  # no size at all: the real one is used
+    write_json(annotations, data)
+    out = tmp_path / "out"
+    report = import_dataset(annotations, "coco", out, split="0.5,0.5,0", progress=False)
+    assert report.problem_counts() == {"size_scaled": 1, "size_mismatch": 1, "size_invalid": 1}
+    [scaled] = problems_of(report, ProblemKind.SIZE_SCALED)
+    assert scaled.path == str(annotations) and "image id 1 (im0.jpg) declares 128x96" in scaled.detail
+    [mismatch] = problems_of(report, ProblemKind.SIZE_MISMATCH)
+    assert "image id 2 (im1.jpg) declares 32x24" in mismatch.detail and "reach (70, 40)" in mismatch.detail
+    [invalid] = problems_of(report, ProblemKind.SIZE_INVALID)
+    assert "image id 3 (im2.jpg): width 0 / height 0 is not a size" in invalid.detail
+    assert labels_of(out, "im0") == [
+        pytest.approx([0, 11 / 128, 16 / 96, 18 / 128, 28 / 96], abs=1e-6),
+        pytest.approx([1, 45 / 128, 25 / 96, 30 / 128, 30 / 96], abs=1e-6),
+    ]
+    assert labels_of(out, "im2") == labels_of(out, "im3")  # real size used
+    assert not list(out.rglob("im1.*")) and report.total_images == 4
+
+
+# ------------------------------------------------------------------------------------------- folders and lists
+
+
+@pytest.mark.parametrize(
+    ("images", "annotations"), [("images", "annotations"), ("IMAGES", "ANNOTATIONS"), ("JPEGImages", "Annotations")]
+)
+def test_voc_folders_are_found_in_any_case_with_their_split_lists(tmp_path, monkeypatch, images, annotations):
+    source = make_voc(tmp_path / "voc", 6, {"train": [0, 1, 2, 3], "val": [4, 5]}, images, annotations, "splits")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    report = import_dataset("voc", "voc", "out", progress=False)
+    assert report.problems == []
+    assert report.images == {"train": 4, "val": 2}
+    assert report.split_source == "the dataset's own (splits/train.txt,val.txt)"
+    assert read_labels(out, "train", "img00") == [
+        [0, 0.265625, 0.354167, 0.40625, 0.541667],
+        [1, 0.734375, 0.5625, 0.40625, 0.708333],
+    ]
+    assert (out / "images" / "val" / "img05.jpg").read_bytes() == (source / images / "img05.jpg").read_bytes()
+
+
+def test_vocdevkit_folder_and_flat_folder(tmp_path):
+    devkit = tmp_path / "VOCdevkit"
+    make_voc(devkit / "VOC2012", 4, {"train": [0, 1, 2], "val": [3]})
+    report = import_dataset(devkit, "voc", tmp_path / "out", progress=False)
+    assert report.images == {"train": 3, "val": 1} and "ImageSets/Main/train.txt" in report.split_source
+    make_voc(devkit / "VOC2007", 2)
+    with pytest.raises(DatasetError, match=r"several VOC datasets in .*VOCdevkit \(VOC2007/, VOC2012/\)"):
+        import_dataset(devkit, "voc", tmp_path / "out2", progress=False)
+
+    flat = make_voc(tmp_path / "flat", 5, images="", annotations="")  # XML beside the images
+    write_lists(flat, {"train": [0, 1, 2], "val": [3, 4]}, suffix=".jpg")  # names with their suffix
+    out = tmp_path / "flat-out"
+    report = import_dataset(flat, "voc", out, progress=False)
+    assert report.problems == [] and report.images == {"train": 3, "val": 2}
+    assert report.split_source == "the dataset's own (train.txt,val.txt)"
+    assert read_labels(out, "val", "img04") == [
+        [0, 0.328125, 0.354167, 0.40625, 0.541667],
+        [1, 0.734375, 0.5625, 0.40625, 0.708333],
+    ]
+
+
+def test_folders_and_lists_named_by_options(tmp_path, capsys):
+    source = make_voc(tmp_path / "voc", 4, images="pics", annotations="xml")
+    out = tmp_path / "out"
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out)) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert f"no Annotations/ folder in {source}: looked for Annotations/ or annotation/ (any case)" in line
+    assert "it holds pics/, xml/" in line and "--annotations DIR and --images DIR" in line
+
+    lists = write_lists(tmp_path / "elsewhere", {"train": [0, 1, 2], "val": [3]})
+    options = ["--annotations", str(source / "xml"), "--images", str(source / "pics"), "--split-lists", str(lists)]
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out), *options) == 0
+    assert f"splits: the dataset's own ({lists}/train.txt,val.txt)" in capsys.readouterr().out
+    assert len(list((out / "labels" / "train").iterdir())) == 3
+    assert read_labels(out, "val", "img03") == [[0, 0.3125, 0.354167, 0.40625, 0.541667]]
+
+    folders = {"annotations": source / "xml", "images": source / "pics", "overwrite": True, "progress": False}
+    with pytest.raises(DatasetError, match="--split-lists .* no train.txt, val.txt or test.txt in it"):
+        import_dataset(source, "voc", out, split_lists=tmp_path, **folders)
+    with pytest.raises(DatasetError, match="--split splits by ratio, --split-lists by the lists: pass one of them"):
+        import_dataset(source, "voc", out, split_lists=lists, split="0.5,0.5,0", **folders)
+    with pytest.raises(DatasetError, match="--images .*missing is not a folder"):
+        import_dataset(source, "voc", out, **{**folders, "images": source / "missing"})
+    with pytest.raises(DatasetError, match="--split-lists applies to VOC and COCO"):
+        import_dataset(make_yolo(tmp_path / "yolo"), "yolo", split_lists=lists)
+
+
+def test_lower_case_folder_without_images_names_what_it_holds(tmp_path):
+    source = tmp_path / "voc"
+    (source / "annotations").mkdir(parents=True)
+    (source / "annotations" / "a.xml").write_text(voc_xml("a.jpg", []))
+    (source / "notes.txt").write_text("")
+    with pytest.raises(
+        DatasetError,
+        match=r"no image folder \(JPEGImages/ or images/, any case\) in .*, which holds "
+        r"annotations/, 1 \.txt file",
+    ):
+        import_dataset(source, "voc", tmp_path / "out", progress=False)
+
+
+# ----------------------------------------------------------------------------------------- empty after cleaning
+
+
+def test_image_whose_every_box_was_invalid_is_left_out_unless_keep_empty(tmp_path, capsys):
+    source = make_voc(tmp_path / "voc", 4)
+    add_voc_image(source, "flat", [{"name": "cat", "box": (5, 9, 5, 20)}, {"name": "dog", "box": (70, 60, 90, 80)}])
+    add_voc_image(source, "background", [])  # no box at all: a background image, kept
+    out = tmp_path / "out"
+    report = import_dataset(source, "voc", out, progress=False)
+    assert report.problem_counts() == {"degenerate_box": 2, "no_valid_box": 1}
+    [emptied] = problems_of(report, ProblemKind.NO_VALID_BOX)
+    assert emptied.path == str(source / "JPEGImages" / "flat.jpg")
+    assert (
+        emptied.detail == f"none of its 2 boxes in {source / 'Annotations' / 'flat.xml'} could be used: left out "
+        "(--keep-empty keeps it)"
+    )
+    assert not list(out.rglob("flat.*")) and labels_of(out, "background") == []
+    assert sum(report.images_without_boxes.values()) == 1
+
+    assert run_cli("import", str(source), "--format", "voc", "--out", str(out), "--overwrite", "--keep-empty") == 0
+    assert "no_valid_box: 1 - image whose every box was dropped" in capsys.readouterr().out
+    assert labels_of(out, "flat") == [] and labels_of(out, "img00")
+
+
+def test_empty_after_cleaning_in_coco_and_yolo(tmp_path):
+    annotations = make_coco(tmp_path / "coco", [f"im{i}" for i in range(4)])
+    data = json.loads(annotations.read_text())
+    data["annotations"][2]["bbox"] = [1, "x", 2, 3]
+    data["annotations"][3]["category_id"] = 99
+    write_json(annotations, data)
+    report = import_dataset(annotations, "coco", tmp_path / "coco-out", progress=False)
+    [emptied] = problems_of(report, ProblemKind.NO_VALID_BOX)
+    assert emptied.path.endswith("im1.jpg") and "none of its 2 boxes" in emptied.detail
+    assert report.total_images == 3
+
+    source = make_yolo(tmp_path / "yolo", {"t2": ["0 0.5 0.5 0 0.5", "7 0.5 0.5 0.2 0.2"], "t3": []})
+    report = import_dataset(source, "yolo", tmp_path / "yolo-out", keep_empty=True, progress=False)
+    [emptied] = problems_of(report, ProblemKind.NO_VALID_BOX)
+    assert emptied.path.endswith("t2.jpg") and emptied.detail.endswith("kept without boxes (--keep-empty)")
+    assert report.images_without_boxes == {"train": 2, "val": 0}  # t2 kept empty, t3 a background image
+
+
+# ------------------------------------------------------------------------------------------- data.yaml resolver
+
+
+def make_yolo_with_relative_path(tmp_path: Path) -> Path:
+    """A YOLO dataset in tmp/ds whose yaml lies in tmp/ds/config and says ``path: ..``."""
+    make_yolo(tmp_path / "ds")
+    config = tmp_path / "ds" / "config" / "data.yaml"
+    config.parent.mkdir()
+    spec = yaml.safe_load((tmp_path / "ds" / "data.yaml").read_text())
+    config.write_text(yaml.safe_dump({"path": "..", **spec}))
+    (tmp_path / "ds" / "data.yaml").unlink()
+    return config
+
+
+def test_relative_path_key_resolves_against_the_yaml_folder_everywhere(tmp_path, monkeypatch):
+    from ultralytics.data.utils import check_det_dataset
+
+    from detector.export import calibration_images
+    from detector.train import check_data
+
+    config = make_yolo_with_relative_path(tmp_path)
+    elsewhere = tmp_path / "a" / "b"  # '..' of the working directory holds no dataset
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dataset = tmp_path / "ds"
+
+    report = import_dataset(config, "yolo", progress=False)  # validate in place
+    assert report.problems == [] and report.images == {"train": 4, "val": 2}
+
+    given = check_data(config)  # what train, val and export hand to Ultralytics
+    assert given.parent == tmp_path / "cache" / "attention-yolo" / "data"
+    assert yaml.safe_load(given.read_text())["path"] == str(dataset)
+    resolved = check_det_dataset(str(given))
+    assert Path(resolved["train"]) == (dataset / "images" / "train").resolve()
+    assert Path(resolved["val"]) == (dataset / "images" / "val").resolve()
+    assert check_data(dataset / "config" / ".." / "config" / "data.yaml", splits=("val",)).is_file()
+
+    assert calibration_images(config, 2) == [
+        dataset / "images" / "train" / "t0.jpg",
+        dataset / "images" / "train" / "t2.jpg",
+    ]
+    config.write_text(config.read_text().replace("path: ..", "path: ../nowhere"))
+    with pytest.raises(DatasetError, match=r"'path: \.\./nowhere' is not a folder \(a relative path is relative to"):
+        check_data(config)
+
+
+def test_check_data_checks_only_the_splits_asked_for(tmp_path, monkeypatch):
+    from detector.train import check_data
+
+    source = make_yolo(tmp_path / "yolo")
+    data = source / "data.yaml"
+    data.write_text(data.read_text() + "test: images/test\n")
+    monkeypatch.chdir(tmp_path)
+    assert check_data(data, splits=("val",)) == data  # no path: key, the yaml itself
+    with pytest.raises(FileNotFoundError, match=r"test path .*images/test does not exist"):
+        check_data(data)
+    data.write_text(data.read_text().replace("test: images/test\n", ""))
+    with pytest.raises(DatasetError, match="has no 'test' entry"):
+        check_data(data, splits=("test",))
+
+
 # -------------------------------------------------------------------------------------------------- real data
 
 
@@ -712,6 +1049,21 @@ def test_bccd_voc_import(tmp_path):
     assert degenerate and all(p.line is not None for p in degenerate)
     assert report.problem_counts() == {"degenerate_box": len(degenerate)}
     assert_valid_yolo_output(tmp_path / "bccd", report)
+
+
+@pytest.mark.shared
+def test_neu_det_import_needs_no_option(tmp_path):
+    """Upper-case IMAGES/ + ANNOTATIONS/ and splits/{train,val}.txt, found without any option beyond the format."""
+    source = Path(__file__).parents[2] / "shared/datasets/neu-det"
+    if not source.is_dir():
+        pytest.skip(f"{source} not present")
+    report = import_dataset(source, "voc", tmp_path / "neu", link=True, progress=False)
+    assert report.split_source == "the dataset's own (splits/train.txt,val.txt)"
+    assert report.images == {"train": 1620, "val": 180}
+    assert report.classes == ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    assert report.total_boxes == 4186 and sum(report.images_without_boxes.values()) == 0
+    assert report.problem_counts() == {"duplicate_box": 3, "difficult_box": 81}  # 4,189 boxes less 3 repeated
+    assert_valid_yolo_output(tmp_path / "neu", report)
 
 
 def test_strict_ignores_difficult_flags(tmp_path):

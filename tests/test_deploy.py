@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import yaml
+from service_fixtures import detect_served_photo, free_port, get
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -285,7 +286,9 @@ def test_docker_build_context_holds_exactly_what_the_dockerfile_copies(dockerfil
         assert any(copied(path, source) for path in context), f"COPY {source}: nothing in the build context"
     unused = [path for path in context if not any(copied(path, source) for source in sources)]
     assert not unused, f"sent to the daemon but never copied: {unused}"
-    assert {"pyproject.toml", "service/__init__.py", "deploy/healthcheck.py", "weights/bccd.onnx"} <= set(context)
+    expected = {"pyproject.toml", "engine/__init__.py", "service/__init__.py", "deploy/healthcheck.py",
+                "weights/bccd.onnx"}
+    assert expected <= set(context)
     assert not [path for path in context if "__pycache__" in path or path.endswith((".pt", ".pyc"))]
     assert sum(context.values()) < 64 * 2**20
 
@@ -325,12 +328,6 @@ def stub_server() -> Iterator[ThreadingHTTPServer]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_healthcheck(port: int | str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -434,7 +431,9 @@ def test_compose_resources_threads_and_weights_volume(compose):
     for name in DETECTION_SERVICES:
         service = compose["services"][name]
         limits = service["deploy"]["resources"]["limits"]
-        assert int(service["environment"]["DETECT_THREADS"]) == float(limits["cpus"]), name
+        environment = service["environment"]
+        cores = int(environment["DETECT_INSTANCES"]) * int(environment["DETECT_THREADS"])
+        assert cores == float(limits["cpus"]), name
         assert re.fullmatch(r"\d+[mg]", str(limits["memory"])), name
         [weights] = [v for v in service["volumes"] if v["target"] == "/app/weights"]
         assert weights["type"] == "bind" and weights["read_only"] is True
@@ -716,7 +715,7 @@ def test_nginx_balances_limits_and_tags_requests(tmp_path):
     assert {line["status"] for line in lines} >= {200, 404, 413, 502}
 
 
-# ------------------------------------------------------------------------------------------------ the container's dependencies
+# ---------------------------------------------------------------------------------------- the container's dependencies
 
 
 def package_sources(destination: Path) -> Path:
@@ -734,26 +733,17 @@ def package_sources(destination: Path) -> Path:
 
 
 def container_app_folder(destination: Path) -> Path:
-    """The image's /app, as the Dockerfile's COPY lines lay it out: pyproject.toml, service/, weights/*.onnx and
-    healthcheck.py."""
+    """The image's /app, as the Dockerfile's COPY lines lay it out: pyproject.toml, engine/, service/,
+    weights/*.onnx and healthcheck.py."""
     destination.mkdir()
     shutil.copy2(REPO / "pyproject.toml", destination / "pyproject.toml")
-    shutil.copytree(REPO / "service", destination / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("engine", "service"):
+        shutil.copytree(REPO / package, destination / package, ignore=shutil.ignore_patterns("__pycache__"))
     (destination / "weights").mkdir()
     for model in sorted((REPO / "weights").glob("*.onnx")):
         (destination / "weights" / model.name).symlink_to(model)
     shutil.copy2(HEALTHCHECK, destination / "healthcheck.py")
     return destination
-
-
-def get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def pip(python: Path, *args: str) -> str:
@@ -836,22 +826,7 @@ def test_the_service_runs_on_the_service_only_install(tmp_path, dockerfile, comp
         )
         assert probe.returncode == 0, probe.stderr
 
-        status, body = get(port, "/v1/models")
-        assert status == 200 and [model["name"] for model in json.loads(body)["models"]] == ["bccd"], body
-
-        import httpx
-
-        photo = real_photos[0]
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/detect",
-            files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
-            data={"conf": "0.01"},
-            headers={"X-Request-ID": "deploy-test-1"},
-            timeout=60,
-        )
-        assert response.status_code == 200, response.text
-        assert response.headers["x-request-id"] == "deploy-test-1"
-        result = response.json()
+        result = detect_served_photo(port, real_photos[0], "deploy-test-1")
         [image] = result["results"]
         assert result["model"] == "bccd" and (image["width"], image["height"]) == (810, 1080) and image["detections"]
     finally:

@@ -1,4 +1,4 @@
-"""Tests of the torch-free ONNX engine (service/engine).
+"""Tests of the torch-free ONNX engine (engine).
 
 Ultralytics is the reference: predictions must match `YOLO(onnx).predict` box for box, and the
 letterbox/NMS stages are checked against Ultralytics' own implementations. Error paths use
@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from service.engine import (
+from engine import (
     Detector,
     DeviceError,
     ImageTooLarge,
@@ -33,7 +33,8 @@ from service.engine import (
     decode_image,
     inspect_image,
 )
-from service.engine.postprocess import select_boxes
+from engine.model import ExecutionPlan, plan_execution
+from engine.postprocess import select_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY_CONF = 0.05  # a low threshold: enough boxes to compare on photos far from the model's blood cells
@@ -383,9 +384,9 @@ def test_batched_inference_equals_one_by_one(dynamic_detector: Detector, bus: np
     prepared = [dynamic_detector.prepare(image) for image in images]
     raw = dynamic_detector.infer(prepared)
     assert [item.batch_size for item in raw] == [2, 1, 2, 1]  # same-shape inputs share one run
-    batched = [dynamic_detector.finish(r, p, conf=PARITY_CONF) for r, p in zip(raw, prepared)]
+    batched = [dynamic_detector.finish(r, p, conf=PARITY_CONF) for r, p in zip(raw, prepared, strict=True)]
     assert [len(p) for p in batched] == [len(p) for p in dynamic_detector.predict(images, conf=PARITY_CONF)]
-    for image, together in zip(images, batched):
+    for image, together in zip(images, batched, strict=True):
         [alone] = dynamic_detector.predict(image, conf=PARITY_CONF)
         assert len(alone) == len(together) >= MIN_BOXES_PER_IMAGE
         np.testing.assert_allclose(together.boxes, alone.boxes, atol=1e-2)
@@ -404,7 +405,7 @@ def test_concurrent_predictions_from_threads_agree(dynamic_detector: Detector, r
     expected = [dynamic_detector.predict(data, conf=PARITY_CONF)[0] for data in payloads[:2]] * 4
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda data: dynamic_detector.predict(data, conf=PARITY_CONF)[0], payloads))
-    for got, want in zip(results, expected):
+    for got, want in zip(results, expected, strict=True):
         np.testing.assert_array_equal(got.boxes, want.boxes)
         np.testing.assert_array_equal(got.class_ids, want.class_ids)
 
@@ -485,6 +486,32 @@ def test_bad_parameters_are_refused(dynamic_detector: Detector, bus: np.ndarray)
     ):
         with pytest.raises(InvalidParameter, match=message):
             dynamic_detector.predict(bus, **parameters)
+
+
+@pytest.mark.parametrize(
+    ("cores", "asked", "plan"),
+    [
+        (1, {}, ExecutionPlan(1, 1, spinning=False)),
+        (2, {}, ExecutionPlan(2, 1, spinning=False)),  # threads pay only spinning, and spinning steals under load
+        (8, {}, ExecutionPlan(8, 1, spinning=False)),
+        (16, {}, ExecutionPlan(8, 2, spinning=False)),  # at most 8 instances: beyond, the cores become threads
+        (32, {}, ExecutionPlan(8, 4, spinning=False)),
+        (64, {}, ExecutionPlan(8, 4, spinning=True)),  # at most 4 threads each: cores left over
+        (2, {"threads": 2}, ExecutionPlan(1, 2, spinning=False)),
+        (8, {"instances": 1}, ExecutionPlan(1, 4, spinning=True)),  # what is asked for gets the cores
+        (8, {"instances": 2}, ExecutionPlan(2, 4, spinning=False)),
+        (8, {"instances": 3, "threads": 3}, ExecutionPlan(3, 3, spinning=False)),  # what is asked is kept
+        (16, {"device": "cuda"}, ExecutionPlan(1, 4, spinning=True)),
+    ],
+)
+def test_instances_and_threads_are_chosen_from_the_cores(cores: int, asked: dict, plan: ExecutionPlan):
+    assert plan_execution(cores=cores, **asked) == plan
+
+
+@pytest.mark.parametrize("asked", [{"instances": -1}, {"threads": -2}])
+def test_a_negative_instance_count_or_thread_count_is_refused(asked: dict):
+    with pytest.raises(InvalidParameter, match="must be >= 0"):
+        plan_execution(cores=2, **asked)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_a_failing_model_run_fails_only_its_batch(trained_onnx_dynamic, proof_ph
     """The model raises for one batch of the real worker: the requests of that batch get a JSON 500 in their
     API's dialect (a model that fails is a server fault, not the client's), the requests of the next batch,
     already waiting, succeed, and so does everything after."""
-    from service.engine import Detector
+    from engine import Detector
     from service.logs import _RequestIdFilter
 
     caplog.handler.addFilter(_RequestIdFilter())
@@ -166,12 +166,12 @@ def test_a_failing_model_run_fails_only_its_batch(trained_onnx_dynamic, proof_ph
         real_infer = detector.infer
         runs: list[tuple[int, bool]] = []  # (images, failed) of every model run from now on
 
-        def infer_failing_once(prepared):
+        def infer_failing_once(prepared, run_options=None, instance=0):
             failing = not runs
             runs.append((len(prepared), failing))
             if failing:
                 raise RuntimeError(INJECTED)
-            return real_infer(prepared)
+            return real_infer(prepared, run_options, instance)
 
         detector.infer = infer_failing_once  # the worker calls the served detector's infer
         responses: dict[str, httpx.Response] = {}
@@ -268,7 +268,8 @@ def test_sigterm_under_load_finishes_what_was_accepted(servers, trained_onnx_dyn
     unanswered = [record for record in records if record.status is None]
     in_flight = [record for record in answered if record.started < signalled < record.started + record.latency]
     print(
-        f"\nSIGTERM: {len(records)} requests, {len(in_flight)} in flight at the signal, exit after {exited_after:.2f} s; "
+        f"\nSIGTERM: {len(records)} requests, {len(in_flight)} in flight at the signal, "
+        f"exit after {exited_after:.2f} s; "
         f"without an answer: {sorted(record.error for record in unanswered)}"
     )
     assert exit_status == -signal.SIGTERM and exited_after <= GRACEFUL_TIMEOUT_S

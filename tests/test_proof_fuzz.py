@@ -619,7 +619,8 @@ HTTP_LEVEL = [
     ("Content-Length in letters", b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\nabc"),
     (
         "Content-Length and chunked",
-        b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n",
     ),
     (
         "bad chunk size",

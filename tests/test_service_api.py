@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 from service_fixtures import cell_photo, metric_value, servers  # noqa: F401  # fixtures
 
-from service.engine import Detector, Prepared, decode_image
-from service.engine.draw import annotate
+from engine import Detector, Prepared, decode_image
+from engine.draw import annotate
 from service.schemas import DetectResponse, ModelConfig, ModelsResponse
 
 
 @pytest.fixture(scope="module")
 def server(servers, trained_onnx_dynamic, trained_onnx_static):  # noqa: F811
-    return servers({"MODELS": f"bccd={trained_onnx_dynamic},static={trained_onnx_static}", "THREADS": "1"})
+    # Every image decoded in full, as the engine's default and Ultralytics do, so that answers match them exactly
+    # (reduced decoding, the service's default, is tested in test_reduced_decoding.py and by the proof tests).
+    models = f"bccd={trained_onnx_dynamic},static={trained_onnx_static}"
+    return servers({"MODELS": models, "THREADS": "1", "REDUCED_DECODING": "false"})
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def test_detect_several_images_multipart_and_base64_agree(client, cell_photo, re
     first, second = multipart.json()["results"]
     assert (second["width"], second["height"]) == (1280, 720)
     assert first["width"] != 1280
-    for from_form, from_json in zip(multipart.json()["results"], as_json.json()["results"]):
+    for from_form, from_json in zip(multipart.json()["results"], as_json.json()["results"], strict=True):
         assert from_form["detections"] == from_json["detections"]
     data_url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
     response = client.post("/v1/detect", json={"images": [data_url], "conf": conf})
@@ -255,6 +258,34 @@ def test_kserve_static_model_config_and_infer(server, trained_onnx_static):
             client.infer("static", [wrong])
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("model", ["bccd", "static"])
+def test_ultralytics_triton_client_gets_the_names_size_and_boxes(server, client, cell_photo, tmp_path, model):  # noqa: F811
+    """`YOLO("http://host:port/MODEL", task="detect")`: Ultralytics' own Triton client reads the class names and the
+    input size from the model configuration; its boxes are the native endpoint's (the same pixels for the fixed-size
+    model; for the dynamic one the client pads to a square, the service only to the stride)."""
+    from ultralytics import YOLO
+
+    data, conf = cell_photo
+    image = tmp_path / "cell.jpg"
+    image.write_bytes(data)
+    remote = YOLO(f"http://127.0.0.1:{server.port}/{model}", task="detect")
+    [result] = remote.predict(str(image), conf=conf, verbose=False)
+    native = client.post("/v1/detect", files={"image": ("c.jpg", data)}, data={"conf": conf, "model": model}).json()
+    assert native["model"] == model
+    [expected] = native["results"]
+    assert result.names == {0: "Platelets", 1: "RBC", 2: "WBC"}
+    assert list(remote.predictor.imgsz) == client.get(f"/v1/models/{model}").json()["imgsz"]
+    def by_place(classes: np.ndarray, boxes: np.ndarray) -> np.ndarray:  # near-equal scores may swap the order
+        return np.column_stack([classes, boxes])[np.lexsort((boxes[:, 1], boxes[:, 0], classes))]
+
+    tolerance = 0.5 if model == "static" else 4.0
+    np.testing.assert_allclose(
+        by_place(result.boxes.cls.numpy(), result.boxes.xyxy.numpy()),
+        by_place(np.array([d["class"] for d in expected["detections"]]), _boxes(expected["detections"])),
+        atol=tolerance,
+    )
 
 
 def test_kserve_bad_requests_are_400_with_a_reason(client):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,7 +81,7 @@ def test_concurrent_requests_are_micro_batched(servers, trained_onnx_dynamic, ce
     responses = _post_concurrently(
         server.url, [{"files": {"image": ("c.jpg", data)}, "data": {"conf": threshold}} for threshold in thresholds]
     )
-    for response, threshold in zip(responses, thresholds):
+    for response, threshold in zip(responses, thresholds, strict=True):
         assert response.status_code == 200, response.text
         assert response.json()["results"][0]["detections"] == alone[threshold]["results"][0]["detections"]
     text = httpx.get(server.url + "/metrics").text
@@ -90,6 +91,50 @@ def test_concurrent_requests_are_micro_batched(servers, trained_onnx_dynamic, ce
     )
     assert images == 6 and runs < 6, f"{images} images in {runs} runs"
     assert images / runs > 1  # the batch-size histogram saw batches larger than one
+
+
+def test_requests_queued_behind_a_busy_instance_share_one_run(
+    servers, trained_onnx_dynamic, cell_photo, real_photos  # noqa: F811
+):
+    """With the default batching (no wait, like Triton's), a batch is what queued while the instance was busy."""
+    server = servers({"MODELS": str(trained_onnx_dynamic), "MAX_BATCH": "8", "INSTANCES": "1"})
+    data, conf = cell_photo
+    big = real_photos[0].read_bytes()
+    before = httpx.get(server.url + "/metrics").text
+    slow = threading.Thread(  # about a second of model run at 1920 on this CPU: the others queue behind it
+        target=httpx.post,
+        args=(server.url + "/v1/detect",),
+        kwargs={"files": {"image": ("bus.jpg", big)}, "data": {"imgsz": "1920"}, "timeout": 60},
+    )
+    slow.start()
+    time.sleep(0.3)  # its upload and decoding take a few tens of milliseconds: it runs now
+    responses = _post_concurrently(server.url, [{"files": {"image": ("c.jpg", data)}, "data": {"conf": conf}}] * 6)
+    slow.join()
+    assert [response.status_code for response in responses] == [200] * 6
+    text = httpx.get(server.url + "/metrics").text
+    runs = metric_value(text, "detect_batch_size_count", model="bccd") - (
+        metric_value(before, "detect_batch_size_count", model="bccd") or 0
+    )
+    assert runs < 7, f"7 requests in {runs} runs: none shared a run"
+
+
+def _thread_priorities(pid: int) -> dict[int, int]:
+    """The nice value of every thread of process `pid`, by thread id."""
+    return {
+        int(task.name): int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])  # stat field 19: nice
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
+def test_model_runs_have_a_lower_priority_than_http(servers, trained_onnx_dynamic):  # noqa: F811
+    """Every thread that runs the model (each instance's worker, which takes part in its runs, and ONNX Runtime's
+    intra-op pool) has the lower priority; the event loop and the rest keep theirs, so that answers and 503s do not
+    wait for the model."""
+    server = servers({"MODELS": str(trained_onnx_dynamic), "INSTANCES": "2", "THREADS": "3", "INFERENCE_NICE": "7"})
+    nice = _thread_priorities(server.process.pid)
+    assert sorted(nice.values()).count(7) == 2 * 3, nice  # 2 instances x (their worker + 2 pool threads)
+    assert nice[server.process.pid] == 0 and set(nice.values()) == {0, 7}, nice  # the main thread: the event loop
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +229,9 @@ def test_watch_reloads_a_changed_file(servers, trained_onnx_dynamic, tmp_path): 
 
 
 def test_sigterm_drains_in_flight_requests(servers, trained_onnx_dynamic, real_photos):  # noqa: F811
-    server = servers({"MODELS": str(trained_onnx_dynamic), "MAX_BATCH": "1", "GRACEFUL_TIMEOUT_S": "30"})
+    server = servers(  # one instance: one request runs, the others wait
+        {"MODELS": str(trained_onnx_dynamic), "MAX_BATCH": "1", "INSTANCES": "1", "GRACEFUL_TIMEOUT_S": "30"}
+    )
     photo = real_photos[0].read_bytes()
     results: list[httpx.Response | Exception] = []
 
@@ -268,7 +315,7 @@ def test_help_documents_every_setting():
         "default: 127.0.0.1",
         "default: 8000",
         "default: 8",
-        "default: 5.0",
+        "default: 0.0",
         "default: 32",
         "default: 20971520",
         "default: 50000000",
@@ -276,8 +323,8 @@ def test_help_documents_every_setting():
         "default: False",
         f"every *.onnx in {REPO / 'weights'}",
         "default: the first model",
-    ):
-        assert documented in text, documented
+    ):  # whole values: "default: 8000" must not pass for "default: 8"
+        assert re.search(rf"{re.escape(documented)}(?![\w.])", text), documented
 
 
 @pytest.mark.parametrize(
@@ -295,12 +342,13 @@ def test_invalid_settings_exit_with_the_reason(args, env, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_service_never_imports_torch_or_ultralytics():
+def test_service_and_engine_never_import_torch_or_ultralytics():
     code = (
         "import importlib, pkgutil, sys\n"
-        "import service\n"
-        "for module in pkgutil.walk_packages(service.__path__, 'service.'):\n"
-        "    importlib.import_module(module.name)\n"
+        "import engine, service\n"
+        "for package in (engine, service):\n"
+        "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(module.name)\n"
         "from service.app import create_app\n"
         "from service.settings import Settings\n"
         "create_app(Settings())\n"

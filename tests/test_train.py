@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,8 @@ from detector.models import build_model
 from detector.ultralytics_adapter import load_checkpoint, save_checkpoint
 from detector.variants import inserted_indices
 
-TINY = ["--epochs", "2", "--imgsz", "64", "--batch", "4", "--workers", "0", "plots=False", "val=False", "nbs=4"]  # nbs=batch: an optimizer step per batch
+# nbs=batch: an optimizer step per batch
+TINY = ["--epochs", "2", "--imgsz", "64", "--batch", "4", "--workers", "0", "plots=False", "val=False", "nbs=4"]
 
 
 @pytest.mark.slow
@@ -27,7 +30,8 @@ def test_gamma_and_attention_learn_in_the_ultralytics_trainer(tmp_path, shapes_d
     for layer in layers:
         assert float(layer.gamma.abs()) > 0, "gamma never left 0"
         initial = fresh.model[layer.i]
-        moved = [not torch.equal(a, b) for a, b in zip(layer.parameters(), initial.parameters()) if a is not layer.gamma]
+        moved = [not torch.equal(a, b) for a, b in zip(layer.parameters(), initial.parameters(), strict=True)
+                 if a is not layer.gamma]
         assert any(moved), f"attention parameters of layer {layer.i} did not change"
 
 
@@ -71,27 +75,40 @@ def test_same_seed_same_data_gives_the_same_weights(tmp_path, shapes_data):
 
 
 def test_data_yaml_paths_resolve_like_ultralytics(tmp_path, shapes_data, monkeypatch):
+    """Split paths resolve from the yaml's folder whatever the working directory (here another one)."""
+    import yaml
+
     from detector.train import check_data
 
-    monkeypatch.chdir(shapes_data.parent)
-    assert check_data("data.yaml").name == "data.yaml"  # no `path:` key: relative to the yaml's folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    relative = Path(os.path.relpath(shapes_data, elsewhere))
+    assert check_data(relative).name == "data.yaml"  # no `path:` key: relative to the yaml's folder
+    nested = tmp_path / "configs" / "data.yaml"  # a relative `path:` key: also relative to the yaml's folder
+    nested.parent.mkdir()
+    nested.write_text(f"path: {os.path.relpath(shapes_data.parent, nested.parent)}\n{shapes_data.read_text()}")
+    given = check_data(Path("..") / "configs" / "data.yaml")
+    assert Path(yaml.safe_load(given.read_text())["path"]) == shapes_data.parent.resolve()
 
 
-def test_missing_data_and_weights_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
-        main(["train", "yolo11n", "--data", "coco8.yaml"])
+def test_missing_data_and_weights_fail_clearly(tmp_path, capsys):
+    def one_line_error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        return line
+
+    assert "Nothing is downloaded" in one_line_error(["train", "yolo11n", "--data", "coco8.yaml"])
     data = tmp_path / "data.yaml"
     data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["train", "yolo11n", "--data", str(data)])
+    assert "does not exist" in one_line_error(["train", "yolo11n", "--data", str(data)])
     data.write_text("train: [unclosed\n")
-    with pytest.raises(ValueError, match=r"data.yaml:\d+: not valid YAML"):
-        main(["train", "yolo11n", "--data", str(data)])
+    assert re.search(r"data.yaml:\d+: not valid YAML", one_line_error(["train", "yolo11n", "--data", str(data)]))
     (tmp_path / "images" / "train").mkdir(parents=True)
     (tmp_path / "images" / "val").mkdir(parents=True)
     data.write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
-    with pytest.raises(FileNotFoundError, match="yolo11n.pt' not found"):
-        main(["train", "yolo11n-se", "--data", str(data), "--weights", "yolo11n.pt"])
+    line = one_line_error(["train", "yolo11n-se", "--data", str(data), "--weights", "yolo11n.pt"])
+    assert "yolo11n.pt' not found" in line
 
 
 @pytest.mark.slow

@@ -12,16 +12,27 @@ import detector
 from detector import TransferError, VariantError, build_model, parse_name, transfer_weights, write_yaml
 from detector.models import load_model, max_abs_diff, model_cfg, variant_from_checkpoint
 from detector.ultralytics_adapter import save_checkpoint
-from detector.variants import inserted_indices, placement_indices
-from modules import ATTENTION
+from detector.variants import Insertion, insert_attention, inserted_indices, placement_indices, placement_insertions
+from modules import ATTENTION, TWO_INPUT
 
 PLACEMENTS = ["neck", "backbone", "both", "p5"]
+# Two-input layers: the P5 map is their context, so p5 has no finer map; p3 alone instead.
+TWO_INPUT_PLACEMENTS = ["neck", "backbone", "both", "p3"]
+CASES = [(a, p) for a in sorted(ATTENTION) for p in (TWO_INPUT_PLACEMENTS if a in TWO_INPUT else PLACEMENTS)]
+SCALES = ["n", "s", "m", "l", "x"]
 
 
 @pytest.fixture(scope="module")
 def baselines() -> dict:
-    torch.manual_seed(0)
-    return {name: build_model(name).eval() for name in ("yolo11n", "yolo11s")}
+    """yolo11<scale> baselines, each built once for the module (building l and x takes a while)."""
+
+    class Lazy(dict):
+        def __missing__(self, name: str) -> torch.nn.Module:
+            torch.manual_seed(0)
+            self[name] = build_model(name).eval()
+            return self[name]
+
+    return Lazy()
 
 
 def randomise_batchnorm(model: torch.nn.Module) -> None:
@@ -42,6 +53,10 @@ def randomise_batchnorm(model: torch.nn.Module) -> None:
         ("yolo12m-mhsa-p5", ("yolo12", "m", "mhsa", "p5")),
         ("yolo26x-se-4-6", ("yolo26", "x", "se", (4, 6))),
         ("yolo11l-simam-both.yaml", ("yolo11", "l", "simam", "both")),
+        ("yolo11n-cross", ("yolo11", "n", "cross", None)),
+        ("yolo11s-cross-p3", ("yolo11", "s", "cross", "p3")),
+        ("yolo11m-cross-16-19", ("yolo11", "m", "cross", (16, 19))),
+        ("yolo11n-sparse-p4", ("yolo11", "n", "sparse", "p4")),
     ],
 )
 def test_parse_name(name, expected):
@@ -58,6 +73,9 @@ def test_parse_name(name, expected):
         ("yolov8n-se", "family in"),
         ("yolo11n-se-middle", "placement in"),
         ("yolo11n-se-24", "out of range"),
+        ("yolo11n-cross-p5", "needs a finer map than its P5 context"),
+        ("yolo11n-cross-10", "layer 10 is the P5 context of cross itself"),
+        ("yolo11n-cross-2", "nothing after that reads layer 2"),
     ],
 )
 def test_bad_names_say_what_is_valid(name, message):
@@ -72,6 +90,14 @@ def test_placements_follow_the_architecture():
         assert placement_indices(cfg, "backbone") == backbone
         assert placement_indices(cfg, "both") == sorted(neck + backbone)
         assert placement_indices(cfg, "p5") == neck[-1:]
+        assert placement_indices(cfg, "p3") == neck[:1] and placement_indices(cfg, "p4") == neck[1:2]
+        # two-input layers: the fine maps of the neck query its P5 output, the backbone's its P5 output
+        assert placement_insertions(cfg, "cross", "both") == [
+            Insertion(backbone[0], backbone[2]), Insertion(backbone[1], backbone[2]),
+            Insertion(neck[0], neck[2]), Insertion(neck[1], neck[2]),
+        ]  # fmt: skip
+        assert placement_insertions(cfg, "cross", (neck[0],)) == [Insertion(neck[0], backbone[2])]
+        assert placement_insertions(cfg, "sparse", "p3") == [Insertion(neck[0])]
 
 
 def test_from_indices_are_rewritten():
@@ -94,8 +120,7 @@ def test_channels_follow_width_scaling(scale):
     assert [model.model[i].channels for i in (5, 8)] == expected
 
 
-@pytest.mark.parametrize("attention", sorted(ATTENTION))
-@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize(("attention", "placement"), CASES)
 def test_transfer_and_identity_at_n(baselines, attention, placement):
     baseline = baselines["yolo11n"]
     randomise_batchnorm(baseline)
@@ -105,6 +130,50 @@ def test_transfer_and_identity_at_n(baselines, attention, placement):
     x = torch.rand(1, 3, 96, 128)
     assert max_abs_diff(baseline, variant, x) <= 1e-5
     assert max_abs_diff(baseline, variant, torch.rand(2, 3, 64, 64)) <= 1e-5
+
+
+def layer_rows(name: str) -> list[list]:
+    cfg = model_cfg(name)
+    return cfg["backbone"] + cfg["head"]
+
+
+def test_cross_rows_take_the_fine_map_and_the_p5_context():
+    # neck: placed after the neck's P5 output (22), P3 and P4 outputs query it; only Detect sees the attended maps
+    rows = layer_rows("yolo11n-cross")
+    assert [rows[i] for i in (23, 24)] == [[[16, -1], 1, "CrossScaleAttention", []],
+                                           [[19, 22], 1, "CrossScaleAttention", []]]
+    assert rows[-1][0] == [23, -1, 22] and rows[17][0] == -1 and rows[18][0] == [-1, 13]
+    assert layer_rows("yolo11n-cross-p3")[-1][0] == [-1, 19, 22]
+    assert layer_rows("yolo11n-cross-p4")[23][0] == [19, -1] and layer_rows("yolo11n-cross-p4")[-1][0] == [16, -1, 22]
+    # backbone: after the backbone's P5 output (10, C2PSA); the neck upsamples 10 and concatenates the attended maps
+    cfg = model_cfg("yolo11n-cross-backbone")
+    rows = cfg["backbone"] + cfg["head"]
+    assert len(cfg["backbone"]) == 13 and rows[11][0] == [4, -1] and rows[12][0] == [6, 10]
+    assert rows[13][0] == 10 and rows[14][0] == [-1, 12] and rows[17][0] == [-1, 11]
+    # indices: each listed layer queries the backbone's P5 output, right after itself ([-1, k], Ultralytics' form)
+    rows = layer_rows("yolo11n-cross-16-19")
+    assert [(i, rows[i][0]) for i in (17, 21)] == [(17, [-1, 10]), (21, [-1, 10])]
+    assert inserted_indices(model_cfg("yolo11n-cross-16-19")) == [17, 21]
+    assert rows[18][0] == -1 and rows[-1][0] == [17, 21, -1]
+
+
+def test_insertions_must_match_the_layers_inputs():
+    cfg = model_cfg("yolo11n")
+    with pytest.raises(VariantError, match="cross takes two inputs"):
+        insert_attention(cfg, "cross", [16])
+    with pytest.raises(VariantError, match="se takes one input"):
+        insert_attention(cfg, "se", [Insertion(16, 22)])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("attention", ["cross", "sparse"])
+def test_new_mechanisms_transfer_and_start_as_identity_at_every_scale(baselines, scale, attention):
+    baseline = baselines[f"yolo11{scale}"]
+    randomise_batchnorm(baseline)
+    variant = build_model(f"yolo11{scale}-{attention}-both")
+    report = transfer_weights(baseline, variant)
+    assert report.transferred == report.total == len(baseline.state_dict()) and len(report.attention_layers) >= 4
+    assert max_abs_diff(baseline, variant, torch.rand(1, 3, 64, 96)) <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["yolo11s-cbam", "yolo11s-mhsa", "yolo11s-ema-backbone"])

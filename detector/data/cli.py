@@ -23,18 +23,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     command.add_argument(
         "source",
         metavar="SRC",
-        help="VOC: folder with Annotations/ and JPEGImages/; COCO: instances JSON file, or folder with "
-        "annotations/*.json or *.json; YOLO: data.yaml or its folder",
+        help="VOC: folder with Annotations/ and JPEGImages/ or annotations/ and images/ (any case; also in its one "
+        "subfolder, e.g. VOCdevkit/VOC2012), or XML files beside the images; COCO: instances JSON file, or folder "
+        "with annotations/*.json or *.json; YOLO: data.yaml or its folder",
     )
     command.add_argument("--format", required=True, choices=_FORMATS, help="format of SRC (required)")
     command.add_argument(
         "--out", metavar="DIR", default=None, help="output folder (default: none; required for voc and coco)"
     )
     command.add_argument(
+        "--annotations",
+        metavar="DIR",
+        default=None,
+        help="VOC annotation folder (default: found in SRC by its usual names, any case)",
+    )
+    command.add_argument(
         "--images",
         metavar="DIR",
         default=None,
-        help="image folder (VOC default: SRC/JPEGImages; COCO default: searched under the dataset folder)",
+        help="image folder (VOC default: JPEGImages/ or images/ beside the annotations, any case; COCO default: "
+        "searched under the dataset folder)",
+    )
+    command.add_argument(
+        "--split-lists",
+        metavar="DIR",
+        default=None,
+        help="folder with train.txt, val.txt, test.txt naming the images of each split by file stem (default: "
+        "found next to the data: ImageSets/Main/, ImageSets/, splits/ or SRC itself)",
     )
     command.add_argument(
         "--split",
@@ -54,6 +69,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--skip-difficult", action="store_true", help="drop VOC boxes marked difficult (default: keep them)"
     )
+    command.add_argument(
+        "--keep-empty",
+        action="store_true",
+        help="keep an image whose every box was dropped as an image without boxes (default: leave it out)",
+    )
     command.add_argument("--link", action="store_true", help="symlink images instead of copying them (default: copy)")
     command.add_argument(
         "--overwrite",
@@ -67,7 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="write the JSON report here (default: DIR/import_report.json; none when validating without --out)",
     )
     command.add_argument(
-        "--strict", action="store_true", help="exit with code 1 if any problem was found; VOC difficult flags do not count (default: warn only)"
+        "--strict",
+        action="store_true",
+        help="exit with code 1 if any problem was found, a declared image size that differs from the real one "
+        "included; VOC difficult flags do not count (default: warn only)",
     )
     command.add_argument(
         "--examples", type=_count, default=5, metavar="N", help="examples printed per problem kind (default: 5)"
@@ -95,11 +118,14 @@ def run(args: argparse.Namespace) -> int:
             args.source,
             args.format,
             args.out,
+            annotations=args.annotations,
             images=args.images,
+            split_lists=args.split_lists,
             split=args.split,
             seed=args.seed,
             classes=args.classes,
             skip_difficult=args.skip_difficult,
+            keep_empty=args.keep_empty,
             link=args.link,
             overwrite=args.overwrite,
             report_path=args.report,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .folders import describe_folder
 from .report import DatasetError, Problem, ProblemKind, list_problems
 from .source import IMAGE_SUFFIXES, AnnotatedImage, SourceBox, SourceDataset, parse_number
 
@@ -101,8 +102,10 @@ def read_coco(source: Path, images_dir: Path | None = None, exclude: Path | None
     for file in files:
         images.extend(_read_file(file, categories, locator, problems))
     class_names = [categories[category_id] for category_id in sorted(categories)]
-    split_lists = ", ".join(f"{f.path.name} ({f.split})" for f in files) if len(json_paths) > 1 else None
-    return SourceDataset(images, class_names, split_lists, problems)
+    if len(json_paths) > 1:
+        split_lists = ", ".join(f"{f.path.name} ({f.split})" for f in files)
+        return SourceDataset(images, class_names, split_lists, problems)
+    return SourceDataset(images, class_names, None, problems, dataset_root)
 
 
 def _find_json_files(source: Path) -> list[Path]:
@@ -117,7 +120,10 @@ def _find_json_files(source: Path) -> list[Path]:
         if found:
             instances = [path for path in found if path.name.startswith("instances_")]
             return instances or found
-    raise DatasetError(f"no COCO JSON files in {source / 'annotations'} or {source}")
+    raise DatasetError(
+        f"no COCO JSON files in {source / 'annotations'} or {source}, which holds {describe_folder(source)}: "
+        "give the instances JSON file itself"
+    )
 
 
 def _split_of(path: Path) -> str:
@@ -208,16 +214,33 @@ def _read_file(
                 detail = f"image id {image_id!r}: {file_name!r} not found under {locator.root}"
                 problems.append(Problem(ProblemKind.IMAGE_MISSING, where, None, detail))
             continue
-        width, height = parse_number(entry.get("width")), parse_number(entry.get("height"))
-        declared = (round(width), round(height)) if width is not None and height is not None else None
+        reference = f"image id {image_id!r} ({file_name})"
+        declared = _declared_size(entry, reference, where, problems)
         splits = (file.split,) if file.split else ()
-        images[image_id] = AnnotatedImage(found, file.path, declared, [], splits)
+        images[image_id] = AnnotatedImage(found, file.path, declared, [], splits, reference=reference)
 
     for entry in file.data["annotations"]:
-        box = _read_annotation(entry, file.path, declared_ids, categories, problems)
-        if box is not None and box[0] in images:
-            images[box[0]].boxes.append(box[1])
+        read = _read_annotation(entry, file.path, declared_ids, categories, problems)
+        if read is not None and read[0] in images:
+            image_id, box = read
+            if box is None:
+                images[image_id].dropped += 1
+            else:
+                images[image_id].boxes.append(box)
     return list(images.values())
+
+
+def _declared_size(entry: dict, reference: str, where: str, problems: list[Problem]) -> tuple[int, int] | None:
+    """(width, height) an image entry declares, None where it declares none that can be used."""
+    if "width" not in entry and "height" not in entry:
+        return None
+    width, height = parse_number(entry.get("width")), parse_number(entry.get("height"))
+    if width is None or height is None or width <= 0 or height <= 0:
+        stated = f"width {entry.get('width')!r} / height {entry.get('height')!r}"
+        detail = f"{reference}: {stated} is not a size: the real image size is used"
+        problems.append(Problem(ProblemKind.SIZE_INVALID, where, None, detail))
+        return None
+    return round(width), round(height)
 
 
 def _read_annotation(
@@ -226,8 +249,9 @@ def _read_annotation(
     declared_ids: set[Hashable],
     categories: dict[int, str],
     problems: list[Problem],
-) -> tuple[Hashable, SourceBox] | None:
-    """(image id, box) of one annotation entry, or None with the problem recorded."""
+) -> tuple[Hashable, SourceBox | None] | None:
+    """(image id, box) of one annotation entry; (image id, None) for an unusable box, None for a crowd region or an
+    entry of no known image. Problems are recorded."""
     where = str(path)
     if not isinstance(entry, dict) or not all(key in entry for key in ("image_id", "category_id", "bbox")):
         detail = f"annotation {_short(entry)} needs 'image_id', 'category_id' and 'bbox'"
@@ -244,18 +268,18 @@ def _read_annotation(
     if not isinstance(category_id, Hashable) or category_id not in categories:
         detail = f"{label}: category_id {category_id!r} is not in 'categories'"
         problems.append(Problem(ProblemKind.UNKNOWN_CLASS, where, None, detail))
-        return None
+        return image_id, None
     name = categories[category_id]
     bbox = entry["bbox"]
     if not isinstance(bbox, list) or len(bbox) != 4:
         detail = f"{label} ({name!r}): bbox {bbox!r} is not [x, y, width, height]"
         problems.append(Problem(ProblemKind.INVALID_ENTRY, where, None, detail))
-        return None
+        return image_id, None
     values = [parse_number(v) for v in bbox]
     if any(v is None for v in values):
         detail = f"{label} ({name!r}): bbox {bbox!r} holds a value that is not a finite number"
         problems.append(Problem(ProblemKind.NON_NUMERIC_VALUE, where, None, detail))
-        return None
+        return image_id, None
     if entry.get("iscrowd"):
         detail = f"{label} ({name!r}): crowd region {bbox!r} skipped"
         problems.append(Problem(ProblemKind.CROWD_BOX, where, None, detail))

@@ -21,13 +21,27 @@ from .coco import read_coco
 from .images import ImageProblem, image_size, quiet_opencv
 from .report import DatasetError, ImportReport, Problem, ProblemKind, list_problems
 from .source import ROUNDING_TOLERANCE, SPLITS, AnnotatedImage, SourceBox, SourceDataset
-from .splits import DEFAULT_RATIOS, check_ratios, parse_ratios, ratio_split
+from .splits import (
+    DEFAULT_RATIOS,
+    apply_split_lists,
+    check_ratios,
+    describe_lists,
+    find_split_lists,
+    parse_ratios,
+    ratio_split,
+    read_split_lists,
+    split_list_files,
+)
 from .voc import read_voc
 from .yolo import read_yolo
 
 FORMATS = ("voc", "coco", "yolo")
 REPORT_NAME = "import_report.json"
 _DATASET_ENTRIES = ("images", "labels", "data.yaml")
+_FRAME_SLACK = 1.0
+"""pixels a box may reach past a frame and still fit it: VOC corners are 1-based, so xmax can be the width plus one"""
+_ASPECT_TOLERANCE = 0.01
+"""relative aspect-ratio difference a resize's rounding can make (500x375 -> 416x312 is 0.1%)"""
 
 Label = tuple[int, float, float, float, float]
 """class id, cx, cy, w, h (normalised)"""
@@ -52,11 +66,14 @@ def import_dataset(
     dataset_format: str,
     out: str | Path | None = None,
     *,
+    annotations: str | Path | None = None,
     images: str | Path | None = None,
+    split_lists: str | Path | None = None,
     split: str | Sequence[float] | None = None,
     seed: int = 0,
     classes: str | Sequence[str] | None = None,
     skip_difficult: bool = False,
+    keep_empty: bool = False,
     link: bool = False,
     overwrite: bool = False,
     report_path: str | Path | None = None,
@@ -66,10 +83,12 @@ def import_dataset(
 
     Without ``out`` (YOLO only) the dataset is validated in place and nothing is written. ``split`` (``"0.8,0.1,0.1"``
     or three numbers) splits by ratio with ``seed``, ignoring the dataset's own split lists; without it those lists are
-    used, and a ratio of 0.8/0.1/0.1 where there are none. ``classes`` fixes the class list and its order; boxes of
-    other classes are skipped. ``images`` is the image folder for VOC (default ``JPEGImages/``) and COCO. ``link``
-    symlinks images instead of copying them; ``overwrite`` replaces a previous import in ``out``. The JSON report goes
-    to ``report_path``, by default ``out/import_report.json``.
+    used (``split_lists``: the folder holding train/val/test.txt; default: found next to the data), and a ratio of
+    0.8/0.1/0.1 where there are none. ``classes`` fixes the class list and its order; boxes of other classes are
+    skipped. ``annotations`` (VOC) and ``images`` (VOC, COCO) name the folders when they are not found by their usual
+    names. An image whose every box is dropped is left out unless ``keep_empty``. ``link`` symlinks images instead of
+    copying them; ``overwrite`` replaces a previous import in ``out``. The JSON report goes to ``report_path``, by
+    default ``out/import_report.json``.
 
     Problems are recorded in the returned report; raises DatasetError when the source cannot be imported at all
     (UnusableDatasetError, with the report, when it was read but leaves nothing to train on).
@@ -85,19 +104,26 @@ def import_dataset(
         raise DatasetError(f"an output folder (--out) is needed to import a {dataset_format.upper()} dataset")
     if images is not None and dataset_format == "yolo":
         raise DatasetError("--images applies to VOC and COCO; a YOLO dataset's data.yaml names its image folders")
+    if annotations is not None and dataset_format != "voc":
+        raise DatasetError(f"--annotations applies to VOC; a {dataset_format.upper()} source is its annotations")
+    if split_lists is not None and dataset_format == "yolo":
+        raise DatasetError("--split-lists applies to VOC and COCO; a YOLO dataset's data.yaml names its splits")
+    if split_lists is not None and split is not None:
+        raise DatasetError("--split splits by ratio, --split-lists by the lists: pass one of them")
     ratios = _ratios(split)
     class_names = _requested_classes(classes)
     if out_dir is not None:
         _check_output(out_dir, source, overwrite)
 
-    dataset = _read(source, dataset_format, Path(images) if images is not None else None, out_dir)
+    dataset = _read(source, dataset_format, _path(annotations), _path(images), out_dir)
     class_names = class_names or dataset.class_names
     if not class_names:
         raise DatasetError(f"no boxes in {source}: nothing to import{list_problems(dataset.problems)}")
     problems = list(dataset.problems)
+    _use_split_lists(dataset, _path(split_lists), ratios is None, problems)
     assignments, split_source = _assign_splits(dataset, ratios, seed, problems)
     assignments = _drop_name_collisions(assignments, problems)
-    labels = _check_images(assignments, class_names, skip_difficult, problems, progress)
+    labels = _check_images(assignments, class_names, skip_difficult, keep_empty, problems, progress)
     kept = [a for a in assignments if id(a.image) in labels]
     problems.sort(key=lambda problem: (problem.path, problem.line or 0))
 
@@ -169,12 +195,36 @@ def _check_output(out_dir: Path, source: Path, overwrite: bool) -> None:
         raise DatasetError(f"{out_dir} already holds {', '.join(existing)}: pass --overwrite to replace them")
 
 
-def _read(source: Path, dataset_format: str, images_dir: Path | None, out_dir: Path | None) -> SourceDataset:
+def _path(value: str | Path | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
+def _read(
+    source: Path, dataset_format: str, annotations: Path | None, images_dir: Path | None, out_dir: Path | None
+) -> SourceDataset:
     if dataset_format == "voc":
-        return read_voc(source, images_dir)
+        return read_voc(source, annotations, images_dir)
     if dataset_format == "coco":
         return read_coco(source, images_dir, exclude=out_dir)
     return read_yolo(source)
+
+
+def _use_split_lists(dataset: SourceDataset, lists_dir: Path | None, apply: bool, problems: list[Problem]) -> None:
+    """Find the dataset's split lists (in ``lists_dir``, else next to the data) and, when ``apply``, split by them."""
+    if lists_dir is not None:
+        if dataset.root is None:
+            raise DatasetError(f"--split-lists: the splits are the source's own ({dataset.split_lists}); drop one")
+        files = split_list_files(lists_dir)
+        if not files:
+            raise DatasetError(f"--split-lists {lists_dir}: no train.txt, val.txt or test.txt in it")
+    elif dataset.root is not None:
+        files = find_split_lists(dataset.root)
+    else:
+        return
+    if files:
+        dataset.split_lists = describe_lists(files, dataset.root)
+        if apply:
+            problems.extend(apply_split_lists(dataset.images, read_split_lists(files)))
 
 
 def _assign_splits(
@@ -183,7 +233,6 @@ def _assign_splits(
     """(image, split) pairs from the dataset's own lists, or from a seeded ratio split; and how they were made."""
     assignments: list[_Assignment] = []
     if ratios is None and dataset.split_lists is not None:
-        problems.extend(dataset.split_list_problems)
         for image in dataset.images:
             if not image.splits:
                 detail = f"annotated ({image.annotation}) but in none of {dataset.split_lists}"
@@ -244,6 +293,7 @@ def _check_images(
     assignments: list[_Assignment],
     class_names: list[str],
     skip_difficult: bool,
+    keep_empty: bool,
     problems: list[Problem],
     progress: bool,
 ) -> dict[int, list[Label]]:
@@ -261,8 +311,9 @@ def _check_images(
                     sizes[image.image] = None
                     problems.append(Problem(problem.kind, str(image.image), None, problem.detail))
             size = sizes[image.image]
-            if size is not None:
-                labels[id(image)] = _place_boxes(image, size, class_ids, skip_difficult, problems)
+            placed = _place_boxes(image, size, class_ids, skip_difficult, keep_empty, problems) if size else None
+            if placed is not None:
+                labels[id(image)] = placed
     return labels
 
 
@@ -271,20 +322,18 @@ def _place_boxes(
     size: tuple[int, int],
     class_ids: dict[str, int],
     skip_difficult: bool,
+    keep_empty: bool,
     problems: list[Problem],
-) -> list[Label]:
-    """Label lines of one image: class ids from names, boxes clipped to the real size and normalised."""
-    width, height = size
-    if image.declared_size is not None and image.declared_size != size:
-        detail = (
-            f"declares {image.declared_size[0]}x{image.declared_size[1]} for {image.image.name}, which is "
-            f"{width}x{height}: boxes normalised with the real size"
-        )
-        problems.append(Problem(ProblemKind.SIZE_MISMATCH, str(image.annotation), None, detail))
+) -> list[Label] | None:
+    """Label lines of one image (class ids from names, boxes clipped to their frame and normalised), or None when the
+    image is left out."""
+    frame = _frame(image, size, problems)
+    if frame is None:
+        return None
     labels: list[Label] = []
     seen: set[Label] = set()
     for box in image.boxes:
-        label = _place_box(box, width, height, class_ids, skip_difficult, problems)
+        label = _place_box(box, frame, class_ids, skip_difficult, problems)
         if label is None:
             continue
         if label in seen:
@@ -292,13 +341,50 @@ def _place_boxes(
             continue
         seen.add(label)
         labels.append(label)
+    wanted = image.dropped + sum(box.class_name in class_ids for box in image.boxes)
+    if wanted and not labels:
+        outcome = "kept without boxes (--keep-empty)" if keep_empty else "left out (--keep-empty keeps it)"
+        detail = f"none of its {wanted} boxes in {image.annotation} could be used: {outcome}"
+        problems.append(Problem(ProblemKind.NO_VALID_BOX, str(image.image), None, detail))
+        return labels if keep_empty else None
     return labels
+
+
+def _frame(image: AnnotatedImage, size: tuple[int, int], problems: list[Problem]) -> tuple[int, int] | None:
+    """The (width, height) the image's pixel coordinates are in: the real size, or the declared one where they differ
+    and the boxes fit it (normalising by it scales them by real/declared). None (problem recorded) when the boxes fit
+    neither, or the aspect ratios differ."""
+    declared = image.declared_size
+    if declared is None or declared == size:
+        return size
+    (declared_w, declared_h), (real_w, real_h) = declared, size
+
+    def report(kind: ProblemKind, outcome: str) -> None:
+        subject = f"{image.reference} declares" if image.reference else "<size> declares"
+        detail = f"{subject} {declared_w}x{declared_h} but {image.image.name} is {real_w}x{real_h}: {outcome}"
+        problems.append(Problem(kind, str(image.annotation), image.size_line, detail))
+
+    if abs(declared_w * real_h - declared_h * real_w) > _ASPECT_TOLERANCE * declared_h * real_w:
+        rotated = " (rotated, e.g. by its EXIF orientation)" if declared == (real_h, real_w) else ""
+        report(ProblemKind.SIZE_MISMATCH, f"another aspect ratio{rotated}; the boxes cannot be placed: skipped")
+        return None
+    reach_x = max((box.x1 for box in image.boxes), default=0.0)
+    reach_y = max((box.y1 for box in image.boxes), default=0.0)
+    reach = f"its boxes reach ({reach_x:g}, {reach_y:g})"
+    if reach_x <= declared_w + _FRAME_SLACK and reach_y <= declared_h + _FRAME_SLACK:
+        scale = f"{real_w / declared_w:.4g} x {real_h / declared_h:.4g}"
+        report(ProblemKind.SIZE_SCALED, f"{reach}, inside the declared frame: scaled by {scale}")
+        return declared
+    if reach_x <= real_w + _FRAME_SLACK and reach_y <= real_h + _FRAME_SLACK:
+        report(ProblemKind.SIZE_REAL_FRAME, f"{reach}, past the declared frame but inside the image: kept as they are")
+        return size
+    report(ProblemKind.SIZE_MISMATCH, f"{reach}, outside both the declared frame and the image: skipped")
+    return None
 
 
 def _place_box(
     box: SourceBox,
-    width: int,
-    height: int,
+    frame: tuple[int, int],
     class_ids: dict[str, int],
     skip_difficult: bool,
     problems: list[Problem],
@@ -306,6 +392,7 @@ def _place_box(
     def report(kind: ProblemKind, detail: str) -> None:
         problems.append(Problem(kind, str(box.path), box.line, detail))
 
+    width, height = frame
     class_id = class_ids.get(box.class_name)
     if class_id is None:
         report(ProblemKind.UNKNOWN_CLASS, f"{_describe(box)}: {box.class_name!r} is not in the class list")

@@ -37,7 +37,13 @@ class ProblemKind(str, Enum):
     DUPLICATE_BOX = "duplicate_box", "box identical to another box of the same image (skipped)"
     DIFFICULT_BOX = "difficult_box", "VOC box marked difficult (kept unless --skip-difficult)"
     CROWD_BOX = "crowd_box", "COCO crowd region, iscrowd=1 (skipped)"
-    SIZE_MISMATCH = "size_mismatch", "declared image size differs from the real one (real size used)"
+    SIZE_INVALID = "size_invalid", "declared image size that is not a positive number (real size used)"
+    SIZE_SCALED = "size_scaled", "declared size differs from the real one, boxes in the declared frame (scaled)"
+    SIZE_REAL_FRAME = "size_real_frame", "declared size differs from the real one, boxes in the real frame (kept)"
+    SIZE_MISMATCH = (
+        "size_mismatch",
+        "declared size differs from the real one, boxes in neither frame or other aspect ratio (image skipped)",
+    )
     IMAGE_MISSING = "image_missing", "image file not found (skipped)"
     IMAGE_UNREADABLE = "image_unreadable", "image file unreadable, corrupt or of an unsupported format (skipped)"
     DUPLICATE_IMAGE_NAME = "duplicate_image_name", "image name that is not unique (later ones skipped)"
@@ -45,6 +51,7 @@ class ProblemKind(str, Enum):
     MISSING_LABEL = "missing_label", "YOLO image without label file (imported without boxes)"
     LABEL_WITHOUT_IMAGE = "label_without_image", "label file without image (ignored)"
     NOT_IN_SPLIT = "not_in_split", "annotated image listed in no split list (skipped)"
+    NO_VALID_BOX = "no_valid_box", "image whose every box was dropped (left out unless --keep-empty)"
     SPLIT_OVERLAP = "split_overlap", "image in more than one split (kept in each)"
 
 

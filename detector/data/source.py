@@ -6,11 +6,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.images import IMAGE_SUFFIXES
+
 from .report import Problem
 
 SPLITS = ("train", "val", "test")
-# Formats both OpenCV decodes and Ultralytics trains on.
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 # Coordinates this close (relative to the image size) outside the image are rounding, not annotation errors:
 # a YOLO box written with 6 decimals can end at 1.0000005.
 ROUNDING_TOLERANCE = 1e-6
@@ -42,22 +42,34 @@ class AnnotatedImage:
     annotation: Path | None
     """file the boxes come from; None for a YOLO image without label file"""
     declared_size: tuple[int, int] | None
-    """(width, height) the annotation states, if it states one"""
+    """(width, height) the annotation states, if it states one: the frame its pixel coordinates are in"""
     boxes: list[SourceBox]
     splits: tuple[str, ...] = ()
     """splits whose list names this image (empty: none, or the dataset has no split lists)"""
+    size_line: int | None = None
+    """line of the declared size in the annotation file, where it has lines"""
+    reference: str = ""
+    """how to find the image's entry in a shared annotation file (e.g. ``image id 7``)"""
+    dropped: int = 0
+    """boxes of this image the reader could not use (malformed, unknown class...), already reported"""
+    list_name: str = ""
+    """the name split lists give this image (default: the image's file stem)"""
+
+    def __post_init__(self) -> None:
+        self.list_name = self.list_name or self.image.stem
 
 
 @dataclass
 class SourceDataset:
-    """Everything a reader found. ``split_lists`` names the dataset's own split lists, None when it has none."""
+    """Everything a reader found. ``split_lists`` names the splits the source defines itself, None when it has none."""
 
     images: list[AnnotatedImage]
     class_names: list[str]
     split_lists: str | None
     problems: list[Problem] = field(default_factory=list)
-    split_list_problems: list[Problem] = field(default_factory=list)
-    """problems that only matter when the dataset's split lists are used (not under a ratio split)"""
+    root: Path | None = None
+    """folder whose train/val/test.txt lists (in it, ``ImageSets/Main/``, ``splits/``...) split the dataset, for formats
+    that define no splits of their own (VOC, a single COCO JSON)"""
 
 
 def parse_number(text: object) -> float | None:

@@ -1,4 +1,4 @@
-"""Pascal VOC reader: ``Annotations/*.xml``, ``JPEGImages/``, optional ``ImageSets/Main/{train,val,test}.txt``.
+"""Pascal VOC reader: ``Annotations/*.xml`` and ``JPEGImages/`` (or the same folders under other usual names).
 
 Box corners are read as written (pixel coordinates, the box spanning ``xmin..xmax``), so a box whose ``xmax`` is not
 greater than its ``xmin`` has no width and is degenerate.
@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
+from .folders import describe_folder, named_child
 from .report import DatasetError, Problem, ProblemKind
-from .source import IMAGE_SUFFIXES, SPLITS, AnnotatedImage, SourceBox, SourceDataset, parse_number
+from .source import IMAGE_SUFFIXES, AnnotatedImage, SourceBox, SourceDataset, is_image_file, parse_number
 
+ANNOTATION_FOLDERS = ("Annotations", "annotation")
+IMAGE_FOLDERS = ("JPEGImages", "images")
 _CORNERS = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -65,33 +68,91 @@ def parse_xml(path: Path) -> XmlNode:
     return roots[0]
 
 
-def read_voc(source: Path, images_dir: Path | None = None) -> SourceDataset:
-    """Read a VOC dataset rooted at ``source`` (the folder holding ``Annotations/`` and ``JPEGImages/``)."""
+@dataclass(frozen=True)
+class VocLayout:
+    """Where a VOC dataset's parts are: its folder (split lists are looked for there), annotations and images."""
+
+    root: Path
+    annotations: Path
+    images: Path
+
+
+def find_layout(source: Path, annotations: Path | None = None, images: Path | None = None) -> VocLayout:
+    """Find the annotation and image folders of the VOC dataset in ``source``, or use the ones given.
+
+    Looked for, in any letter case: ``Annotations/`` (or ``annotations/``) beside ``JPEGImages/`` (or ``images/``), in
+    ``source`` or in its one subfolder that has them (``VOCdevkit/VOC2012``); else XML files beside the images in
+    ``source`` itself.
+    """
     if not source.is_dir():
         raise DatasetError(f"VOC source {source} is not a folder")
-    annotations_dir = source / "Annotations"
-    if not annotations_dir.is_dir():
-        raise DatasetError(
-            f"no Annotations/ folder in {source}: point SRC at the folder that holds Annotations/ and JPEGImages/ "
-            "(e.g. VOCdevkit/VOC2012)"
+    for given, option in ((annotations, "--annotations"), (images, "--images")):
+        if given is not None and not given.is_dir():
+            raise DatasetError(f"{option} {given} is not a folder")
+    if annotations is None:
+        root, annotations = _find_annotations(source)
+    else:
+        root = source
+    if images is None:
+        images = named_child(root, IMAGE_FOLDERS, is_dir=True) or named_child(
+            annotations.parent, IMAGE_FOLDERS, is_dir=True
         )
-    image_dir = images_dir if images_dir is not None else source / "JPEGImages"
-    if not image_dir.is_dir():
-        raise DatasetError(f"image folder {image_dir} does not exist (pass --images to name another one)")
-    xml_files = sorted(p for p in annotations_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file())
+    if images is None:
+        if not any(is_image_file(p) for p in annotations.iterdir()):
+            raise DatasetError(
+                f"no image folder ({_names(IMAGE_FOLDERS)}, any case) in {root}, which holds {describe_folder(root)}, "
+                f"and no images beside the XML files in {annotations}: name the folder with --images DIR"
+            )
+        images = annotations
+    return VocLayout(root, annotations, images)
+
+
+def _find_annotations(source: Path) -> tuple[Path, Path]:
+    """(dataset folder, annotation folder) in ``source`` or its one subfolder with one; else ``source`` if it holds
+    XML files."""
+    found = named_child(source, ANNOTATION_FOLDERS, is_dir=True)
+    if found is not None:
+        return source, found
+    nested = [
+        (folder, annotations)
+        for folder in sorted(p for p in source.iterdir() if p.is_dir())
+        if (annotations := named_child(folder, ANNOTATION_FOLDERS, is_dir=True)) is not None
+    ]
+    if len(nested) > 1:
+        names = ", ".join(f"{folder.name}/" for folder, _ in nested)
+        raise DatasetError(f"several VOC datasets in {source} ({names}): point SRC at one of them")
+    if nested:
+        return nested[0]
+    if any(p.suffix.lower() == ".xml" and p.is_file() for p in source.iterdir()):
+        return source, source
+    raise DatasetError(
+        f"no Annotations/ folder in {source}: looked for {_names(ANNOTATION_FOLDERS)} (any case) in it and in its "
+        f"subfolders, and for XML files beside the images in it, but it holds {describe_folder(source)}; name the "
+        "folders with --annotations DIR and --images DIR"
+    )
+
+
+def _names(folders: tuple[str, ...]) -> str:
+    return " or ".join(f"{name}/" for name in folders)
+
+
+def read_voc(source: Path, annotations: Path | None = None, images: Path | None = None) -> SourceDataset:
+    """Read the VOC dataset in ``source`` (see :func:`find_layout`; ``annotations`` and ``images`` name its folders)."""
+    layout = find_layout(source, annotations, images)
+    xml_files = sorted(p for p in layout.annotations.iterdir() if p.suffix.lower() == ".xml" and p.is_file())
     if not xml_files:
-        raise DatasetError(f"no annotation files (*.xml) in {annotations_dir}")
+        raise DatasetError(f"no annotation files (*.xml) in {layout.annotations}")
     files_by_stem: dict[str, list[Path]] = defaultdict(list)
-    for path in sorted(image_dir.iterdir()):
-        if path.is_file():
+    for path in sorted(layout.images.iterdir()):
+        if path.is_file() and path.suffix.lower() != ".xml":
             files_by_stem[path.stem].append(path)
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for paths in files_by_stem.values() for p in paths):
-        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {image_dir}")
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {layout.images}")
 
     problems: list[Problem] = []
     images_by_stem: dict[str, AnnotatedImage] = {}
     for xml_path in xml_files:
-        annotated = _read_annotation(xml_path, image_dir, files_by_stem, problems)
+        annotated = _read_annotation(xml_path, layout.images, files_by_stem, problems)
         if annotated is not None:
             images_by_stem[xml_path.stem] = annotated
 
@@ -99,15 +160,14 @@ def read_voc(source: Path, images_dir: Path | None = None) -> SourceDataset:
     for stem, paths in files_by_stem.items():
         if stem not in annotated_stems:
             problems.extend(
-                Problem(ProblemKind.MISSING_ANNOTATION, str(p), None, f"no {annotations_dir / (stem + '.xml')}")
+                Problem(ProblemKind.MISSING_ANNOTATION, str(p), None, f"no {layout.annotations / (stem + '.xml')}")
                 for p in paths
                 if p.suffix.lower() in IMAGE_SUFFIXES
             )
 
-    split_lists, split_list_problems = _apply_split_lists(source, images_by_stem, annotated_stems)
     images = list(images_by_stem.values())
     class_names = sorted({box.class_name for image in images for box in image.boxes})
-    return SourceDataset(images, class_names, split_lists, problems, split_list_problems)
+    return SourceDataset(images, class_names, None, problems, layout.root)
 
 
 def _read_annotation(
@@ -131,8 +191,11 @@ def _read_annotation(
     image = _find_image(xml_path, root, image_dir, files_by_stem, problems)
     if image is None:
         return None
+    declared, size_line = _declared_size(xml_path, root, problems)
+    boxes = _read_boxes(xml_path, root, problems)
+    dropped = len(root.findall("object")) - len(boxes)
     return AnnotatedImage(
-        image, xml_path, _declared_size(xml_path, root, problems), _read_boxes(xml_path, root, problems)
+        image, xml_path, declared, boxes, size_line=size_line, dropped=dropped, list_name=xml_path.stem
     )
 
 
@@ -164,17 +227,18 @@ def _find_image(
     return None
 
 
-def _declared_size(xml_path: Path, root: XmlNode, problems: list[Problem]) -> tuple[int, int] | None:
+def _declared_size(xml_path: Path, root: XmlNode, problems: list[Problem]) -> tuple[tuple[int, int] | None, int | None]:
+    """(width, height) that <size> declares, or None where it declares none that can be used; and its line."""
     size = root.find("size")
     if size is None:
-        return None
+        return None, None
     width_text, height_text = size.child_text("width"), size.child_text("height")
     width, height = parse_number(width_text), parse_number(height_text)
-    if width is None or height is None:
-        detail = f"<size> width {width_text!r} / height {height_text!r} is not a number: the real image size is used"
-        problems.append(Problem(ProblemKind.SIZE_MISMATCH, str(xml_path), size.line, detail))
-        return None
-    return round(width), round(height)
+    if width is None or height is None or width <= 0 or height <= 0:
+        detail = f"<size> width {width_text!r} / height {height_text!r} is not a size: the real image size is used"
+        problems.append(Problem(ProblemKind.SIZE_INVALID, str(xml_path), size.line, detail))
+        return None, size.line
+    return (round(width), round(height)), size.line
 
 
 def _read_boxes(xml_path: Path, root: XmlNode, problems: list[Problem]) -> list[SourceBox]:
@@ -206,34 +270,3 @@ def _read_boxes(xml_path: Path, root: XmlNode, problems: list[Problem]) -> list[
             difficult = parse_number(obj.child_text("difficult")) not in (None, 0.0)
             boxes.append(SourceBox(name, *corners, False, xml_path, bndbox.line, difficult))
     return boxes
-
-
-def _apply_split_lists(
-    source: Path, images_by_stem: dict[str, AnnotatedImage], annotated_stems: set[str]
-) -> tuple[str | None, list[Problem]]:
-    """Set ``splits`` of each image from ``ImageSets/Main/{train,val,test}.txt``; returns their description."""
-    lists_dir = source / "ImageSets" / "Main"
-    list_files = {split: lists_dir / f"{split}.txt" for split in SPLITS if (lists_dir / f"{split}.txt").is_file()}
-    if not list_files:
-        return None, []
-    problems: list[Problem] = []
-    splits_by_stem: dict[str, list[str]] = defaultdict(list)
-    for split, list_file in list_files.items():
-        try:
-            lines = list_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise DatasetError(f"cannot read split list {list_file}: {error}") from error
-        for line_number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            stem = fields[0]
-            if split in splits_by_stem[stem]:
-                continue
-            splits_by_stem[stem].append(split)
-            if stem not in annotated_stems:
-                detail = f"{stem!r} is listed but {source / 'Annotations' / (stem + '.xml')} does not exist"
-                problems.append(Problem(ProblemKind.MISSING_ANNOTATION, str(list_file), line_number, detail))
-    for stem, image in images_by_stem.items():
-        image.splits = tuple(splits_by_stem.get(stem, ()))
-    return "ImageSets/Main/" + ",".join(f"{split}.txt" for split in list_files), problems

@@ -1,8 +1,8 @@
 """YOLO reader: a ``data.yaml`` with train/val[/test] entries and one ``class cx cy w h`` label file per image.
 
-Paths resolve as Ultralytics resolves them: relative to ``path:`` (default: the yaml's folder); an entry is a folder
-(searched recursively), a ``.txt`` list of images, an image, or a list of these. An image's label file is its path
-with the last ``images`` folder replaced by ``labels`` and the suffix by ``.txt``. Polygon lines
+Paths resolve as in :mod:`detector.data.datayaml`: relative to ``path:`` (itself relative to the yaml's folder); an
+entry is a folder (searched recursively), a ``.txt`` list of images, an image, or a list of these. An image's label
+file is its path with the last ``images`` folder replaced by ``labels`` and the suffix by ``.txt``. Polygon lines
 (``class x1 y1 x2 y2 ...``, segmentation labels) become the polygon's bounding box, as Ultralytics' detection does.
 """
 
@@ -11,33 +11,28 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from .datayaml import entry_images, read_data_yaml
 from .report import DatasetError, Problem, ProblemKind
-from .source import IMAGE_SUFFIXES, ROUNDING_TOLERANCE, SPLITS, AnnotatedImage, SourceBox, SourceDataset, parse_number
+from .source import ROUNDING_TOLERANCE, SPLITS, AnnotatedImage, SourceBox, SourceDataset, parse_number
 
 
 def read_yolo(source: Path) -> SourceDataset:
     """Read a YOLO dataset from its data.yaml (``source`` is the yaml, or the folder holding it)."""
-    yaml_path = _find_yaml(source)
-    data = _load_yaml(yaml_path)
-    names = _class_names(data, yaml_path)
-    root = _dataset_root(data, yaml_path)
+    data = read_data_yaml(_find_yaml(source))
+    names = data.names
 
     problems: list[Problem] = []
     splits_by_image: dict[str, list[str]] = defaultdict(list)
     image_paths: dict[str, Path] = {}
     label_dirs: set[Path] = set()
     for split in SPLITS:
-        entries = data.get(split) if split != "val" or "val" in data else data.get("validation")
-        if not entries:
+        if not data.has(split):
             if split != "test":
-                raise DatasetError(f"{yaml_path} has no {split!r} entry (Ultralytics needs train and val)")
+                raise DatasetError(f"{data.path} has no {split!r} entry (Ultralytics needs train and val)")
             continue
-        for entry in entries if isinstance(entries, list) else [entries]:
-            for image in _split_images(str(entry), split, root, yaml_path, label_dirs, problems):
+        for entry in data.entries(split):
+            for image in _split_images(entry, split, data.path, label_dirs, problems):
                 key = os.path.abspath(image)
                 image_paths.setdefault(key, image)
                 if split not in splits_by_image[key]:
@@ -50,8 +45,8 @@ def read_yolo(source: Path) -> SourceDataset:
         expected_labels.add(os.path.abspath(label_path))
         splits = tuple(splits_by_image[key])
         if label_path.is_file():
-            boxes = read_label_file(label_path, names, problems)
-            images.append(AnnotatedImage(image, label_path, None, boxes, splits))
+            boxes, dropped = read_label_file(label_path, names, problems)
+            images.append(AnnotatedImage(image, label_path, None, boxes, splits, dropped=dropped))
         else:
             detail = f"no label file {label_path}: imported as an image without boxes"
             problems.append(Problem(ProblemKind.MISSING_LABEL, str(image), None, detail))
@@ -60,9 +55,9 @@ def read_yolo(source: Path) -> SourceDataset:
     for label_dir in sorted(label_dirs):
         for label in sorted(label_dir.rglob("*.txt")):
             if os.path.abspath(label) not in expected_labels:
-                detail = f"no image for this label file among the images of {yaml_path.name}"
+                detail = f"no image for this label file among the images of {data.path.name}"
                 problems.append(Problem(ProblemKind.LABEL_WITHOUT_IMAGE, str(label), None, detail))
-    return SourceDataset(images, names, f"{yaml_path.name} train/val/test entries", problems)
+    return SourceDataset(images, names, f"{data.path.name} train/val/test entries", problems)
 
 
 def label_path_for(image: Path) -> Path:
@@ -78,21 +73,24 @@ def _labels_folder(folder: Path) -> Path:
     return Path(*parts)
 
 
-def read_label_file(path: Path, names: list[str], problems: list[Problem]) -> list[SourceBox]:
-    """Boxes of one label file; every bad line is recorded as a problem with its line number."""
+def read_label_file(path: Path, names: list[str], problems: list[Problem]) -> tuple[list[SourceBox], int]:
+    """Boxes of one label file, and how many of its lines gave none; every bad line is a problem with its number."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         problems.append(Problem(ProblemKind.ANNOTATION_UNPARSEABLE, str(path), None, f"cannot read: {error}"))
-        return []
+        return [], 1
     boxes: list[SourceBox] = []
+    dropped = 0
     for line_number, line in enumerate(lines, start=1):
         fields = line.split()
         if fields:
             box = _parse_line(fields, path, line_number, names, problems)
-            if box is not None:
+            if box is None:
+                dropped += 1
+            else:
                 boxes.append(box)
-    return boxes
+    return boxes, dropped
 
 
 def _parse_line(
@@ -167,97 +165,19 @@ def _find_yaml(source: Path) -> Path:
     raise DatasetError(f"no data.yaml in {source}: a YOLO dataset is described by a yaml with train, val and names")
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise DatasetError(f"{where}: YAML error: {error.problem}") from error
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise DatasetError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path} is not a YAML mapping with train, val and names")
-    return data
-
-
-def _class_names(data: dict[str, Any], yaml_path: Path) -> list[str]:
-    names = data.get("names")
-    if names is None:
-        count = data.get("nc")
-        if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-            raise DatasetError(f"{yaml_path} has neither 'names' nor a positive integer 'nc'")
-        return [f"class_{i}" for i in range(count)]
-    if isinstance(names, dict):
-        by_index = {_index(key): name for key, name in names.items()}
-        if set(by_index) != set(range(len(names))):
-            keys = ", ".join(map(str, names))
-            raise DatasetError(f"{yaml_path}: 'names' keys must be 0..{len(names) - 1}, found {keys}")
-        names = [by_index[i] for i in range(len(names))]
-    if not isinstance(names, list) or not names:
-        raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or an index -> name mapping")
-    if "nc" in data and data["nc"] != len(names):
-        raise DatasetError(f"{yaml_path}: 'nc: {data['nc']}' does not match the {len(names)} names")
-    return [str(name) for name in names]
-
-
-def _index(key: object) -> int | None:
-    """A names key as an integer (Ultralytics accepts ``'0'`` as well as ``0``), None if it is not one."""
-    value = parse_number(key)
-    return int(value) if value is not None and value.is_integer() else None
-
-
-def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:
-    declared = data.get("path")
-    if not declared:
-        return yaml_path.parent
-    path = Path(str(declared))
-    for candidate in (path,) if path.is_absolute() else (yaml_path.parent / path, path):
-        if candidate.is_dir():
-            return candidate
-    raise DatasetError(f"{yaml_path}: 'path: {declared}' is not a folder (relative paths: to the yaml's folder)")
-
-
 def _split_images(
-    entry: str, split: str, root: Path, yaml_path: Path, label_dirs: set[Path], problems: list[Problem]
+    entry: Path, split: str, yaml_path: Path, label_dirs: set[Path], problems: list[Problem]
 ) -> list[Path]:
     """Images of one train/val/test entry; adds the label folders where labels without image may lie."""
-    path = root / entry
-    if not path.exists() and entry.startswith("../"):  # as Ultralytics: tolerate one '../' too many
-        path = root / entry[3:]
-    if path.is_dir():
-        label_dirs.add(_labels_folder(path))
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if path.is_file() and path.suffix.lower() == ".txt":
-        images = _list_file_images(path, problems)
-        label_dirs.update(label_path_for(image).parent for image in images)
-        return images
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return [path]
-    message = f"{split}: {path} is neither a folder, a .txt list of images nor an image"
-    if split != "test":
-        raise DatasetError(f"{yaml_path}: {message}")
-    problems.append(Problem(ProblemKind.IMAGE_MISSING, str(yaml_path), None, f"{message}: test split skipped"))
-    return []
-
-
-def _list_file_images(list_file: Path, problems: list[Problem]) -> list[Path]:
-    """Images named in a .txt list, one per line, relative to the list's folder unless absolute."""
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read image list {list_file}: {error}") from error
-    images: list[Path] = []
-    for line_number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name:
-            continue
-        image = Path(name) if Path(name).is_absolute() else list_file.parent / name.removeprefix("./")
-        if not image.is_file():
-            problems.append(Problem(ProblemKind.IMAGE_MISSING, str(list_file), line_number, f"{image} does not exist"))
-        elif image.suffix.lower() not in IMAGE_SUFFIXES:
-            detail = f"{image}: unsupported image format (use one of {', '.join(sorted(IMAGE_SUFFIXES))})"
-            problems.append(Problem(ProblemKind.IMAGE_UNREADABLE, str(list_file), line_number, detail))
-        else:
-            images.append(image)
+        images = entry_images(entry, problems)
+    except DatasetError as error:
+        if split != "test":
+            raise DatasetError(f"{yaml_path}: {split}: {error}") from None
+        problems.append(Problem(ProblemKind.IMAGE_MISSING, str(yaml_path), None, f"{error}: test split skipped"))
+        return []
+    if entry.is_dir():
+        label_dirs.add(_labels_folder(entry))
+    elif entry.suffix.lower() == ".txt":
+        label_dirs.update(label_path_for(image).parent for image in images)
     return images

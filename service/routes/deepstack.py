@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import FormData
 
 from ..dependencies import ServiceState, State, api_key_from_headers, check_api_key
 from ..errors import ServiceError
 from ..pipeline import DetectOptions
 from ..schemas import DeepStackError, DeepStackModels, DeepStackResponse
-from ..uploads import IMAGE_FIELD, form_images, read_form
+from ..settings import Settings
+from ..uploads import API_KEY_FIELD, IMAGE_FIELD, form_images, read_form
 
 DEFAULT_MIN_CONFIDENCE = 0.4
 
@@ -48,7 +51,10 @@ _FORM_BODY = {
                             "maximum": 1,
                             "default": DEFAULT_MIN_CONFIDENCE,
                         },
-                        "api_key": {"type": "string", "description": "an API key, instead of the headers"},
+                        API_KEY_FIELD: {
+                            "type": "string",
+                            "description": "an API key instead of the headers, sent before the image",
+                        },
                     },
                 }
             }
@@ -72,13 +78,19 @@ def _min_confidence(value: Any) -> float:
     return confidence
 
 
+async def _authenticated_form(request: Request, settings: Settings) -> FormData:
+    """The request's form, authenticated before any file in it is read: with the key header when there is one,
+    else with the form field `api_key`, which must come before the first file (within FORM_KEY_WINDOW bytes)."""
+    header_key = api_key_from_headers(request.headers)
+    if header_key is not None or not settings.api_keys:
+        check_api_key(settings, header_key)
+        return await read_form(request, settings)
+    return await read_form(request, settings, authenticate=partial(check_api_key, settings))
+
+
 async def _detect(request: Request, state: ServiceState, model: str | None) -> JSONResponse:
-    form = await read_form(request)
+    form = await _authenticated_form(request, state.settings)
     try:
-        api_key = form.get("api_key")
-        check_api_key(
-            state.settings, api_key_from_headers(request.headers) or (api_key if isinstance(api_key, str) else None)
-        )
         min_confidence = _min_confidence(form.get("min_confidence"))
         entry = state.registry.get(model)
         served = state.registry.served(entry)
@@ -106,8 +118,9 @@ async def _detect(request: Request, state: ServiceState, model: str | None) -> J
     "/detection",
     response_model=DeepStackResponse,
     summary="DeepStack object detection with the default model",
-    description="Form field `image`, optional `min_confidence` (default 0.4) and `api_key`. Boxes are integer "
-    "pixels, predictions highest confidence first; `duration` is milliseconds.",
+    description="Form field `image`, optional `min_confidence` (default 0.4) and `api_key` (instead of a key "
+    "header; before the image). Boxes are integer pixels, predictions highest confidence first; `duration` is "
+    "milliseconds.",
     responses=_ERRORS,
     openapi_extra=_FORM_BODY,
 )
@@ -123,13 +136,10 @@ async def detection(request: Request, state: State) -> JSONResponse:
     responses={401: _ERRORS[401]},
 )
 async def custom_list(request: Request, state: State) -> dict[str, Any]:
-    candidate = api_key_from_headers(request.headers)
-    if candidate is None and request.method == "POST" and request.headers.get("content-type"):
-        form = await read_form(request)
-        api_key = form.get("api_key")
-        await form.close()
-        candidate = api_key if isinstance(api_key, str) else None
-    check_api_key(state.settings, candidate)
+    if request.method == "POST" and request.headers.get("content-type"):
+        await (await _authenticated_form(request, state.settings)).close()
+    else:
+        check_api_key(state.settings, api_key_from_headers(request.headers))
     return {"success": True, "models": list(state.registry.entries)}
 
 

@@ -17,10 +17,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from engine import ModelInfo, RawOutput, triton
+from engine.preprocess import valid_imgsz
+
 from ..dependencies import ServiceState, State, require_api_key
-from ..engine import ModelInfo, RawOutput
-from ..engine.postprocess import MAX_WH
 from ..errors import ServiceError
+from ..limits import parse_json
 from ..registry import ModelEntry, ServedModel
 from ..schemas import (
     InferRequest,
@@ -35,9 +37,7 @@ from ..settings import Settings
 from ..version import SERVER_NAME, SERVER_VERSION
 
 MODEL_VERSION = "1"
-PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-_DATATYPES = {"float32": "FP32", "float16": "FP16"}
 _HEADER_LENGTH = "Inference-Header-Content-Length"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -63,11 +63,6 @@ def _model(state: ServiceState, model: str, version: str | None) -> tuple[ModelE
         raise ServiceError(404, f"model {model!r} has only version {MODEL_VERSION}, not {version!r}")
     entry = state.registry.get(model)
     return entry, state.registry.served(entry)
-
-
-def _datatype(info: ModelInfo) -> str:
-    """Tensor datatype of input and output (Ultralytics FP16 exports have FP16 input and output)."""
-    return _DATATYPES[info.input_dtype]
 
 
 def tensor_shapes(served: ServedModel) -> tuple[list[int], list[int]]:
@@ -112,11 +107,11 @@ async def model_metadata(model: str, state: State, version: str | None = None) -
     _, served = _model(state, model, version)
     info = served.detector.info
     input_shape, output_shape = tensor_shapes(served)
-    datatype = _datatype(info)
+    datatype = triton.datatype(info)
     return {
         "name": model,
         "versions": [MODEL_VERSION],
-        "platform": PLATFORM,
+        "platform": triton.PLATFORM,
         "inputs": [{"name": info.input_name, "datatype": datatype, "shape": input_shape}],
         "outputs": [{"name": info.output_name, "datatype": datatype, "shape": output_shape}],
     }
@@ -139,39 +134,20 @@ async def model_ready(model: str, state: State, version: str | None = None) -> R
     return Response(status_code=200)
 
 
-def model_config(name: str, served: ServedModel, settings: Settings) -> dict[str, Any]:
-    """Triton's model configuration (JSON form of config.pbtxt), as `detector.export.triton_config` writes it."""
-    info = served.detector.info
+def model_config(name: str, served: ServedModel, state: ServiceState) -> dict[str, Any]:
+    """Triton's model configuration of model `name` as this server runs it (see `engine.triton`)."""
+    info, settings = served.detector.info, state.settings
     input_shape, output_shape = tensor_shapes(served)
-    max_batch_size = settings.max_batch if info.dynamic_batch else 0
-    data_type = f"TYPE_{_datatype(info)}"
-    config: dict[str, Any] = {
-        "name": name,
-        "platform": PLATFORM,
-        "backend": "onnxruntime",
-        "max_batch_size": max_batch_size,
-        "input": [
-            {
-                "name": info.input_name,
-                "data_type": data_type,
-                "dims": input_shape[1:] if max_batch_size else input_shape,
-            }
-        ],
-        "output": [
-            {
-                "name": info.output_name,
-                "data_type": data_type,
-                "dims": output_shape[1:] if max_batch_size else output_shape,
-            }
-        ],
-        "parameters": {key: {"string_value": value} for key, value in sorted(info.metadata.items())},
-    }
-    if max_batch_size:
-        config["dynamic_batching"] = {
-            "preferred_batch_size": sorted({max(max_batch_size // 2, 1), max_batch_size}),
-            "max_queue_delay_microseconds": round(settings.max_batch_wait_ms * 1000),
-        }
-    return config
+    return triton.model_config(
+        name,
+        info,
+        input_shape,
+        output_shape,
+        max_batch_size=settings.max_batch if info.dynamic_batch else 0,
+        max_queue_delay_us=round(settings.max_batch_wait_ms * 1000),
+        instances=served.detector.instances,
+        device=settings.device,
+    )
 
 
 @router.get(
@@ -188,7 +164,7 @@ def model_config(name: str, served: ServedModel, settings: Settings) -> dict[str
 )
 async def get_model_config(model: str, state: State, version: str | None = None) -> dict[str, Any]:
     _, served = _model(state, model, version)
-    return model_config(model, served, state.settings)
+    return model_config(model, served, state)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -223,13 +199,8 @@ async def _read_body(request: Request, settings: Settings) -> tuple[bytes, bytes
     return body[: int(header_length)], body[int(header_length) :]
 
 
-def _parse_request(header: bytes) -> InferRequest:
-    try:
-        document = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ServiceError(400, f"the inference request is not valid JSON: {error}") from None
-    except RecursionError:
-        raise ServiceError(400, "the inference request is nested too deeply") from None
+def _parse_request(header: bytes, settings: Settings) -> InferRequest:
+    document = parse_json(header, settings, "the inference request")
     try:
         return InferRequest.model_validate(document)
     except ValidationError as error:
@@ -239,14 +210,14 @@ def _parse_request(header: bytes) -> InferRequest:
         raise ServiceError(400, f"invalid inference request: {problems}") from None
 
 
-def _input_batch(request: InferRequest, binary: bytes, info: ModelInfo, max_batch: int) -> np.ndarray:
+def _input_batch(request: InferRequest, binary: bytes, info: ModelInfo, settings: Settings) -> np.ndarray:
     """The request's input tensor, checked against the model: name, datatype, shape, size, finite values."""
     if len(request.inputs) != 1:
         raise ServiceError(400, f"the model has one input {info.input_name!r}; got {len(request.inputs)} inputs")
     tensor = request.inputs[0]
     if tensor.name != info.input_name:
         raise ServiceError(400, f"unexpected input {tensor.name!r}; the model's input is {info.input_name!r}")
-    datatype = _datatype(info)
+    datatype = triton.datatype(info)
     if tensor.datatype != datatype:
         raise ServiceError(400, f"input {tensor.name!r} must be {datatype}, got {tensor.datatype}")
     if "shared_memory_region" in tensor.parameters:
@@ -255,15 +226,17 @@ def _input_batch(request: InferRequest, binary: bytes, info: ModelInfo, max_batc
     if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
         raise ServiceError(400, f"input shape must be [batch, 3, height, width], got {shape}")
     batch, _, height, width = shape
-    if info.dynamic_batch and batch > max_batch:
-        raise ServiceError(400, f"batch size {batch} is over the model's max_batch_size {max_batch}")
+    if info.dynamic_batch and batch > settings.max_batch:
+        raise ServiceError(400, f"batch size {batch} is over the model's max_batch_size {settings.max_batch}")
     if not info.dynamic_batch and batch != info.batch:
         raise ServiceError(400, f"the model has a fixed batch size of {info.batch}, got {batch}")
     if not info.dynamic_hw and (height, width) != info.imgsz:
         raise ServiceError(400, f"the model input is {info.imgsz[0]}x{info.imgsz[1]}, got {height}x{width}")
-    if info.dynamic_hw and not all(dim % info.stride == 0 and dim <= MAX_WH for dim in (height, width)):
+    if info.dynamic_hw and not all(valid_imgsz(dim, info.stride, settings.max_imgsz) for dim in (height, width)):
         raise ServiceError(
-            400, f"height and width must be multiples of {info.stride} up to {MAX_WH}, got {height}x{width}"
+            400,
+            f"height and width must be multiples of {info.stride} up to {settings.max_imgsz} (DETECT_MAX_IMGSZ), "
+            f"got {height}x{width}",
         )
     dtype = np.dtype(np.float32 if datatype == "FP32" else np.float16).newbyteorder("<")
     expected_bytes = batch * 3 * height * width * dtype.itemsize
@@ -314,7 +287,7 @@ def _response(
     model: str, request: InferRequest, info: ModelInfo, outputs: list[RawOutput], binary: bool
 ) -> tuple[bytes, dict[str, str], str]:
     """Body, headers and media type of the inference response: the images' raw outputs stacked into one tensor."""
-    datatype = _datatype(info)
+    datatype = triton.datatype(info)
     output = np.stack([raw.output for raw in outputs]).astype(np.float32 if datatype == "FP32" else np.float16)
     tensor: dict[str, Any] = {"name": info.output_name, "datatype": datatype, "shape": list(output.shape)}
     document: dict[str, Any] = {"model_name": model, "model_version": MODEL_VERSION}
@@ -353,8 +326,8 @@ async def infer(model: str, request: Request, state: State, version: str | None 
     entry, served = _model(state, model, version)
     info = served.detector.info
     header, binary = await _read_body(request, state.settings)
-    infer_request = await anyio.to_thread.run_sync(_parse_request, header)
-    batch = await anyio.to_thread.run_sync(_input_batch, infer_request, binary, info, state.settings.max_batch)
+    infer_request = await anyio.to_thread.run_sync(_parse_request, header, state.settings)
+    batch = await anyio.to_thread.run_sync(_input_batch, infer_request, binary, info, state.settings)
     binary_output = _binary_output(infer_request, info)
     outputs = await state.pipeline.infer_tensor(entry, served.detector, batch)
     body, headers, media_type = await anyio.to_thread.run_sync(

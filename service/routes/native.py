@@ -9,9 +9,11 @@ import cv2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from engine.draw import annotate
+
 from ..dependencies import ServiceState, State, require_api_key
-from ..engine.draw import annotate
 from ..errors import ServiceError
+from ..limits import check_imgsz
 from ..pipeline import DetectedImage, DetectOptions
 from ..registry import ModelEntry, ServedModel
 from ..schemas import (
@@ -75,7 +77,8 @@ def resolve_classes(tokens: list[int | str] | None, names: dict[int, str]) -> li
 
 
 def resolve_model(state: ServiceState, params: DetectParams) -> tuple[ModelEntry, ServedModel, DetectOptions]:
-    """The model the request names (404/503) and its options checked against that model."""
+    """The model the request names (404/503) and its options checked against that model and the limits."""
+    check_imgsz(params.imgsz, state.settings)
     entry = state.registry.get(params.model)
     served = state.registry.served(entry)
     options = DetectOptions(
@@ -93,7 +96,7 @@ def image_result(detected: DetectedImage, normalize: bool) -> dict[str, Any]:
     prediction = detected.prediction
     detections = prediction.summary()
     if normalize:
-        for item, normalized in zip(detections, prediction.summary(normalize=True)):
+        for item, normalized in zip(detections, prediction.summary(normalize=True), strict=True):
             item["box_normalized"] = normalized["box"]
     timing = prediction.timing.to_dict() | {"decode": detected.decode_ms, "total": detected.total_ms}
     return {
@@ -115,7 +118,7 @@ def image_result(detected: DetectedImage, normalize: bool) -> dict[str, Any]:
     openapi_extra=_request_body(DetectParams, DetectJSONRequest, several=True),
 )
 async def detect(request: Request, state: State) -> JSONResponse:
-    params, images = await read_detect_request(request, DetectParams, DetectJSONRequest)
+    params, images = await read_detect_request(request, state.settings, DetectParams, DetectJSONRequest)
     entry, served, options = resolve_model(state, params)
     detected = await state.pipeline.detect(entry, served.detector, images, options)
     return JSONResponse({"model": entry.name, "results": [image_result(item, params.normalize) for item in detected]})
@@ -145,7 +148,7 @@ def _encode(detected: DetectedImage, image_format: str) -> bytes:
     openapi_extra=_request_body(AnnotateParams, AnnotateJSONRequest, several=False),
 )
 async def detect_annotated(request: Request, state: State) -> Response:
-    params, images = await read_detect_request(request, AnnotateParams, AnnotateJSONRequest)
+    params, images = await read_detect_request(request, state.settings, AnnotateParams, AnnotateJSONRequest)
     if len(images) != 1:
         raise ServiceError(
             422, f"{IMAGE_FIELD}: send exactly one image to annotate, got {len(images)}", field=IMAGE_FIELD

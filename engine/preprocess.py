@@ -10,6 +10,24 @@ import numpy as np
 PAD_VALUE = 114
 _SCALE = np.float32(255)
 
+MAX_IMGSZ = 7680
+"""Largest network input side (height and width, pixels) the engine runs a model at; a deployment may set a lower
+limit (the service's DETECT_MAX_IMGSZ), never a higher one. Box coordinates stay below it, which class-aware NMS
+relies on (see `engine.postprocess.NMS_CLASS_OFFSET`)."""
+
+
+def valid_imgsz(size: object, stride: int, limit: int = MAX_IMGSZ) -> bool:
+    """Whether `size` is an input side a model of `stride` can run at: an int multiple of `stride` between `stride`
+    and `limit` (at most `MAX_IMGSZ`).
+
+    Examples:
+        >>> valid_imgsz(640, 32), valid_imgsz(650, 32), valid_imgsz(True, 1), valid_imgsz(8000, 32)
+        (True, False, False, False)
+    """
+    if isinstance(size, bool) or not isinstance(size, int):
+        return False
+    return stride <= size <= min(limit, MAX_IMGSZ) and size % stride == 0
+
 
 @dataclass(frozen=True)
 class Letterbox:
@@ -58,10 +76,10 @@ def to_input_tensor(image: np.ndarray, box: Letterbox, dtype: type[np.floating] 
     The padding is written as 114/255 directly and each channel is divided by 255 in float32,
     which reproduces Ultralytics' uint8 pad-then-divide bit for bit without an intermediate image.
     """
-    if (box.resized_width, box.resized_height) != (box.width, box.height):
+    if image.shape[:2] != (box.resized_height, box.resized_width):  # the image may be decoded at reduced size
         image = cv2.resize(image, (box.resized_width, box.resized_height), interpolation=cv2.INTER_LINEAR)
     tensor = np.full((1, 3, box.input_height, box.input_width), np.float32(PAD_VALUE) / _SCALE, dtype=np.float32)
     inside = tensor[0, :, box.top : box.top + box.resized_height, box.left : box.left + box.resized_width]
-    for channel, plane in zip(inside, cv2.split(image)[::-1]):  # BGR planes in RGB order
+    for channel, plane in zip(inside, cv2.split(image)[::-1], strict=True):  # BGR planes in RGB order
         np.divide(plane, _SCALE, out=channel)
     return tensor if dtype == np.float32 else tensor.astype(dtype)

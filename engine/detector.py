@@ -14,12 +14,13 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from .errors import InvalidImage, InvalidParameter
-from .images import DEFAULT_MAX_PIXELS, decode_image, read_image
+from .images import DEFAULT_MAX_PIXELS, DecodedImage, decode_image, decode_image_at_least, inspect_image
 from .model import ModelInfo, create_session, read_model_info
-from .postprocess import MAX_WH, scale_boxes, select_boxes
-from .preprocess import PAD_VALUE, Letterbox, letterbox, to_input_tensor
+from .postprocess import scale_boxes, select_boxes
+from .preprocess import MAX_IMGSZ, PAD_VALUE, Letterbox, letterbox, to_input_tensor, valid_imgsz
 from .results import Prediction, Timing
 
 ImageSource = bytes | bytearray | memoryview | str | Path | np.ndarray
@@ -58,6 +59,12 @@ class Detector:
         device: "cpu", "cuda" or "cuda:N".
         threads: ONNX Runtime intra-op threads (default: physical cores available to the process).
         max_pixels: images whose header declares more pixels are refused with ImageTooLarge.
+        instances: sessions of the model, so that `instances` runs (`infer(..., instance=i)`) go at once.
+        spinning: ONNX Runtime's intra-op spinning (see `create_session`).
+        max_imgsz: the largest `imgsz` accepted (at most `MAX_IMGSZ`).
+        reduced_decoding: decode a JPEG at 1/2, 1/4 or 1/8 scale in libjpeg when it stays at least as large as
+            the model input needs (`decode_image_at_least`): a 4K frame decodes in half the time; boxes are in the
+            original's pixels still. Off, every image is decoded in full, as Ultralytics does.
     """
 
     def __init__(
@@ -66,17 +73,27 @@ class Detector:
         device: str = "cpu",
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        instances: int = 1,
+        spinning: bool = True,
+        max_imgsz: int = MAX_IMGSZ,
+        reduced_decoding: bool = False,
     ) -> None:
-        self._session = create_session(path, device, threads)
-        self.info: ModelInfo = read_model_info(self._session, path)
+        if instances < 1:
+            raise InvalidParameter(f"instances must be >= 1, got {instances}")
+        self._sessions = [create_session(path, device, threads, spinning) for _ in range(instances)]
+        self.info: ModelInfo = read_model_info(self._sessions[0], path)
         self.device = device
         self.max_pixels = max_pixels
+        self.max_imgsz = min(max_imgsz, MAX_IMGSZ)
+        self.reduced_decoding = reduced_decoding
         self._input_dtype = np.float16 if self.info.input_dtype == "float16" else np.float32
 
-    def warmup(self) -> None:
-        """Run the model once at its default input size so the first request does not pay for initialisation."""
+    def warmup(self) -> RawOutput:
+        """Run every instance once at the default input size, so that no request pays for initialisation; the
+        output of that run (its shape is the model's output shape at its default size)."""
         height, width = self.info.imgsz
-        self.infer([self.prepare(np.full((height, width, 3), PAD_VALUE, np.uint8))])
+        blank = self.prepare(np.full((height, width, 3), PAD_VALUE, np.uint8))
+        return [self.infer([blank], instance=instance)[0] for instance in range(self.instances)][0]
 
     def predict(
         self,
@@ -95,7 +112,8 @@ class Detector:
         prepared = [self.prepare(image, imgsz) for image in batch]
         raw_outputs = self.infer(prepared)
         return [
-            self.finish(raw, item, conf, iou, max_det, classes, agnostic) for raw, item in zip(raw_outputs, prepared)
+            self.finish(raw, item, conf, iou, max_det, classes, agnostic)
+            for raw, item in zip(raw_outputs, prepared, strict=True)
         ]
 
     def prepare(self, image: ImageSource, imgsz: int | None = None) -> Prepared:
@@ -111,23 +129,44 @@ class Detector:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise InvalidImage(f"arrays must be BGR uint8 of shape (H, W, 3), got {image.dtype} {image.shape}")
-            decoded = image
-        elif isinstance(image, (str, Path)):
-            decoded = read_image(image, self.max_pixels)
+            decoded = DecodedImage(image, image.shape[0], image.shape[1])
         else:
-            decoded = decode_image(image, self.max_pixels)
+            data = Path(image).read_bytes() if isinstance(image, (str, Path)) else image
+            decoded = self._decode(data, target, rect)
         decoded_at = time.perf_counter()
-        box = letterbox(decoded.shape[0], decoded.shape[1], target, self.info.stride, rect)
-        tensor = to_input_tensor(decoded, box, self._input_dtype)
+        box = letterbox(decoded.height, decoded.width, target, self.info.stride, rect)
+        tensor = to_input_tensor(decoded.pixels, box, self._input_dtype)
         done = time.perf_counter()
         return Prepared(tensor, box, (decoded_at - start) * 1e3, (done - decoded_at) * 1e3)
 
-    def infer(self, prepared: Sequence[Prepared]) -> list[RawOutput]:
+    def _decode(self, data: bytes | bytearray | memoryview, target: tuple[int, int], rect: bool) -> DecodedImage:
+        if not self.reduced_decoding:
+            pixels = decode_image(data, self.max_pixels)
+            return DecodedImage(pixels, pixels.shape[0], pixels.shape[1])
+        data = bytes(data) if isinstance(data, memoryview) else data  # copied once, not again by the decoder
+        header = inspect_image(data)
+        stored = letterbox(header.height, header.width, target, self.info.stride, rect)
+        turned = letterbox(header.width, header.height, target, self.info.stride, rect)  # EXIF may swap the sides
+        min_height = max(stored.resized_height, turned.resized_width)
+        min_width = max(stored.resized_width, turned.resized_height)
+        return decode_image_at_least(data, min_height, min_width, self.max_pixels)
+
+    @property
+    def instances(self) -> int:
+        """Sessions of the model: runs on different instances go at once."""
+        return len(self._sessions)
+
+    def infer(
+        self, prepared: Sequence[Prepared], run_options: ort.RunOptions | None = None, instance: int = 0
+    ) -> list[RawOutput]:
         """Run the model on prepared images, stacking same-shape inputs into one run where the batch axis allows.
 
         Models with a dynamic batch axis get one run per input shape; static-batch models get runs of
         their fixed batch size (a short last run is padded with zeros). Outputs keep the input order.
+        `run_options` go to every run (e.g. `terminate` set from another thread stops them); `instance`
+        picks the session (0 .. instances - 1).
         """
+        session = self._sessions[instance]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.input_shape, []).append(index)
@@ -141,7 +180,7 @@ class Detector:
                     tensors.append(np.zeros((run_size - len(tensors), *tensors[0].shape[1:]), tensors[0].dtype))
                 batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
                 began = time.perf_counter()
-                (result,) = self._session.run([self.info.output_name], {self.info.input_name: batch})
+                (result,) = session.run([self.info.output_name], {self.info.input_name: batch}, run_options)
                 share_ms = (time.perf_counter() - began) * 1e3 / len(chunk)
                 result = result.astype(np.float32, copy=False)
                 for row, index in enumerate(chunk):
@@ -183,8 +222,10 @@ class Detector:
             return self.info.imgsz, False
         size = self.info.imgsz[0] if imgsz is None else imgsz
         stride = self.info.stride
-        if isinstance(size, bool) or not isinstance(size, int) or not stride <= size <= MAX_WH or size % stride:
-            raise InvalidParameter(f"imgsz must be a multiple of {stride} between {stride} and {MAX_WH}, got {size!r}")
+        if not valid_imgsz(size, stride, self.max_imgsz):
+            raise InvalidParameter(
+                f"imgsz must be a multiple of {stride} between {stride} and {self.max_imgsz}, got {size!r}"
+            )
         return (size, size), True
 
     def _check_thresholds(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .preprocess import Letterbox
+from .preprocess import MAX_IMGSZ, Letterbox
 
-MAX_WH = 7680
-"""Per-class coordinate offset that keeps classes apart in class-aware NMS (Ultralytics' `max_wh`)."""
+NMS_CLASS_OFFSET = 7680
+"""Per-class coordinate offset that keeps classes apart in class-aware NMS (Ultralytics' `max_wh`): boxes of class
+k are shifted by k times it, so it must exceed every box coordinate (inputs are at most `MAX_IMGSZ` on a side). Its
+value is Ultralytics', so NMS sees the same float32 inputs and keeps the same boxes."""
+assert NMS_CLASS_OFFSET >= MAX_IMGSZ, "boxes of neighbouring classes would overlap in class-aware NMS"
 MAX_NMS = 30000
 """Most candidates passed to NMS; the highest-scoring ones are kept (Ultralytics' `max_nms`)."""
 
@@ -59,8 +62,8 @@ def select_boxes(
 
     centre, half_size = output[:2, candidates].T, output[2:4, candidates].T / 2
     boxes = np.concatenate((centre - half_size, centre + half_size), axis=1)
-    # Offsetting each class by MAX_WH in float32 reproduces Ultralytics' class-aware NMS input exactly.
-    offset = boxes + (class_ids.astype(np.float32) * np.float32(0 if agnostic else MAX_WH))[:, None]
+    # Offsetting each class by NMS_CLASS_OFFSET in float32 reproduces Ultralytics' class-aware NMS input exactly.
+    offset = boxes + (class_ids.astype(np.float32) * np.float32(0 if agnostic else NMS_CLASS_OFFSET))[:, None]
     offset = offset.astype(np.float64)
     rects = np.concatenate((offset[:, :2], offset[:, 2:] - offset[:, :2]), axis=1)  # x, y, w, h for OpenCV
     keep = np.asarray(cv2.dnn.NMSBoxes(rects, scores, conf, iou), dtype=np.int64).reshape(-1)[:max_det]

@@ -55,7 +55,7 @@ class Prediction:
         return [
             Detection(class_id, self.names[class_id], confidence, *box)
             for class_id, confidence, box in zip(
-                self.class_ids.tolist(), self.confidences.tolist(), self.boxes.tolist()
+                self.class_ids.tolist(), self.confidences.tolist(), self.boxes.tolist(), strict=True
             )
         ]
 

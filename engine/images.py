@@ -4,7 +4,8 @@ The type is identified from the leading bytes (never from a file name) and the d
 size is read from the header before any pixel is decoded, so decompression bombs are
 rejected cheaply. Decoding uses ``cv2.imdecode(..., IMREAD_COLOR)``, the call behind
 Ultralytics' image loader: EXIF orientation is applied, and grayscale, alpha, palette
-and 16-bit images all come out as 8-bit BGR.
+and 16-bit images all come out as 8-bit BGR. `decode_image_at_least` lets libjpeg decode a
+large JPEG at 1/2, 1/4 or 1/8 of its size when the model needs no more (camera frames).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import cv2
 import numpy as np
 
 from .errors import ImageTooLarge, InvalidImage, UnsupportedImageType
+
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+"""File suffixes of the formats the engine accepts, which OpenCV decodes and Ultralytics trains on (lower case)."""
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default decode limit: 50 megapixels (e.g. 8160x6120), about 150 MB once decoded to BGR."""
@@ -93,19 +97,60 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int = DEFAULT
         ImageTooLarge: the header declares more than `max_pixels` pixels.
     """
     data = bytes(data) if isinstance(data, memoryview) else data
-    header = inspect_image(data)
+    return _decode(data, inspect_image(data), max_pixels, cv2.IMREAD_COLOR)
+
+
+def _decode(data: bytes | bytearray, header: ImageHeader, max_pixels: int, flag: int) -> np.ndarray:
     if header.width * header.height > max_pixels:
         raise ImageTooLarge(
             f"{header.format} image is {header.width}x{header.height} = {header.width * header.height:,} pixels; "
             f"the limit is {max_pixels:,}"
         )
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as error:
         raise InvalidImage(f"{header.format} data could not be decoded: {error.err or error}") from None
     if image is None:
         raise InvalidImage(f"{header.format} data could not be decoded (corrupt or truncated)")
     return image
+
+
+_REDUCED_JPEG = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image and the upright size of the original, larger than `pixels` when decoded at reduced scale."""
+
+    pixels: np.ndarray  # BGR uint8 (h, w, 3)
+    height: int
+    width: int
+
+
+def decode_image_at_least(
+    data: bytes | bytearray | memoryview, min_height: int, min_width: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Decode image bytes, a JPEG at the smallest of 1/8, 1/4 and 1/2 scale (libjpeg scales while it decodes,
+    in less time and memory) that is still at least `min_height` x `min_width`, sides as stored (before the EXIF
+    orientation turns them); other images, and JPEGs not that much larger, in full. Raises as `decode_image`.
+
+    Examples:
+        >>> import cv2, numpy as np
+        >>> frame = cv2.imencode(".jpg", np.zeros((2160, 3840, 3), np.uint8))[1].tobytes()
+        >>> decoded = decode_image_at_least(frame, 360, 640)
+        >>> decoded.pixels.shape, (decoded.height, decoded.width)
+        ((540, 960, 3), (2160, 3840))
+    """
+    data = bytes(data) if isinstance(data, memoryview) else data
+    header = inspect_image(data)
+    for factor, flag in _REDUCED_JPEG if header.format == "JPEG" else ():
+        height, width = -(-header.height // factor), -(-header.width // factor)  # libjpeg rounds up
+        if height >= min_height and width >= min_width:
+            image = _decode(data, header, max_pixels, flag)
+            turned = image.shape[:2] != (height, width)  # the EXIF orientation swapped the sides
+            return DecodedImage(image, *((header.width, header.height) if turned else (header.height, header.width)))
+    image = _decode(data, header, max_pixels, cv2.IMREAD_COLOR)
+    return DecodedImage(image, image.shape[0], image.shape[1])
 
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

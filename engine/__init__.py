@@ -19,8 +19,16 @@ from .errors import (
     ModelError,
     UnsupportedImageType,
 )
-from .images import DEFAULT_MAX_PIXELS, ImageHeader, decode_image, inspect_image, read_image
-from .model import ModelInfo, physical_cores
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    ImageHeader,
+    decode_image,
+    decode_image_at_least,
+    inspect_image,
+    read_image,
+)
+from .model import ExecutionPlan, ModelInfo, physical_cores, plan_execution
 from .preprocess import Letterbox
 from .results import Detection, Prediction, Timing
 
@@ -30,6 +38,7 @@ __all__ = [
     "Detector",
     "DeviceError",
     "EngineError",
+    "ExecutionPlan",
     "ImageError",
     "ImageHeader",
     "ImageSource",
@@ -44,8 +53,11 @@ __all__ = [
     "RawOutput",
     "Timing",
     "UnsupportedImageType",
+    "DecodedImage",
     "decode_image",
+    "decode_image_at_least",
     "inspect_image",
     "physical_cores",
+    "plan_execution",
     "read_image",
 ]
