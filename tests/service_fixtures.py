@@ -40,6 +40,21 @@ def get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
         connection.close()
 
 
+def wait_until_ready(service: subprocess.Popen, port: int, log_path: Path, timeout: float, poll: float) -> None:
+    """Wait until the service process on `port` answers /readyz with 200; fail with its log's tail if it exits or
+    is not ready within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert service.poll() is None, f"the service exited:\n{log_path.read_text()[-4000:]}"
+        try:
+            if get(port, "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"not ready after {timeout:g} s:\n{log_path.read_text()[-4000:]}"
+        time.sleep(poll)
+
+
 def detect_served_photo(port: int, photo: Path, request_id: str) -> dict[str, Any]:
     """A deployed service on `port` serves only the model `bccd` and answers `photo` on /v1/detect (conf 0.01),
     echoing `request_id`; its JSON answer."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from service_fixtures import detect_served_photo, free_port, get
+from service_fixtures import detect_served_photo, free_port, get, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -805,16 +805,7 @@ def test_the_service_runs_on_the_service_only_install(tmp_path, dockerfile, comp
             [str(python), "-m", "service"], cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert service.poll() is None, f"the service exited:\n{log_path.read_text()[-4000:]}"
-            try:
-                if get(port, "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 120 s:\n{log_path.read_text()[-4000:]}"
-            time.sleep(0.25)
+        wait_until_ready(service, port, log_path, timeout=120, poll=0.25)
         assert get(port, "/healthz")[0] == 200
         probe = subprocess.run(
             [str(python), str(app / "healthcheck.py"), "/healthz"],

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from service_fixtures import detect_served_photo, free_port, get
+from service_fixtures import detect_served_photo, free_port, get, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "deploy" / "build-image.sh"
@@ -212,16 +212,7 @@ def test_the_image_serves_real_photos_as_its_user(cpu_image, container, compose,
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert service.poll() is None, f"the service exited:\n{log_path.read_text()[-4000:]}"
-            try:
-                if get(port, "/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not ready after 180 s:\n{log_path.read_text()[-4000:]}"
-            time.sleep(0.5)
+        wait_until_ready(service, port, log_path, timeout=180, poll=0.5)
 
         probe = subprocess.run(
             buildah_run(
