@@ -17,6 +17,19 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _setting(location: tuple) -> str:
+    """A setting as a user sets it: its option and its environment variable."""
+    if not location:
+        return "settings"
+    name = str(location[0])
+    return f"{_flag(name)} ({Settings.model_config['env_prefix']}{name.upper()})"
+
+
+def _given(error: dict) -> str:
+    """The rejected value, where the error is about one."""
+    return f" (given: {error['input']!r})" if error.get("loc") and isinstance(error.get("input"), str) else ""
+
+
 def _default_text(name: str) -> str:
     field = Settings.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
@@ -53,9 +66,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        problems = "\n".join(
-            f"  {_flag(str(item['loc'][0])) if item['loc'] else 'settings'}: {item['msg']}" for item in error.errors()
-        )
+        problems = "\n".join(f"  {_setting(item['loc'])}: {item['msg']}{_given(item)}" for item in error.errors())
         parser.exit(2, f"{parser.prog}: invalid settings:\n{problems}\n")
 
 

@@ -331,10 +331,12 @@ def test_help_documents_every_setting():
     ("args", "env", "message"),
     [
         (("--default-model", "nope"), {}, "default_model 'nope' is not one of the models (bccd)"),
-        ((), {"DETECT_PORT": "eighty"}, "--port: Input should be a valid integer"),
+        ((), {"DETECT_PORT": "eighty"}, "--port (DETECT_PORT): Input should be a valid integer, unable to parse "
+         "string as an integer (given: 'eighty')"),
         (("--models", "a=x.onnx,a=y.onnx"), {}, "model name 'a' is used twice"),
         (("--device", "tpu"), {}, "device must be cpu, cuda or cuda:N"),
-        (("--log-format", "xml"), {}, "--log-format: Input should be 'text' or 'json'"),
+        (("--log-format", "xml"), {}, "--log-format (DETECT_LOG_FORMAT): Input should be 'text' or 'json' "
+         "(given: 'xml')"),
     ],
 )
 def test_invalid_settings_exit_with_the_reason(args, env, message):
