@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .argtypes import non_negative_int, positive_int
 from .train import add_attention_args
 from .variants import parse_name
 
@@ -177,24 +178,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "of each scale is added when missing")
     parser.add_argument("--reference", default="",
                         help="comma-separated reference models shown in the table, e.g. yolo12n (default: none)")
-    parser.add_argument("--epochs", type=int, default=100, help="training epochs for every run (default: 100)")
-    parser.add_argument("--imgsz", type=int, default=640,
+    parser.add_argument("--epochs", type=positive_int, default=100, help="training epochs for every run (default: 100)")
+    parser.add_argument("--imgsz", type=positive_int, default=640,
                         help="training, validation and latency image size (default: 640)")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds per model: 0..N-1 (default: 3)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds per model: 0..N-1 (default: 3)")
     parser.add_argument("--device", default=None, help="cpu, 0, 0,1... (default: first GPU if any, else cpu)")
-    parser.add_argument("--workers", type=int, default=8, help="dataloader workers (default: 8)")
+    parser.add_argument("--workers", type=non_negative_int, default=8, help="dataloader workers (default: 8)")
     parser.add_argument("--weights", type=Path, default=None,
                         help="baseline checkpoint every model starts from (variants through weight transfer); "
                              "default: every model from scratch")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime intra-op threads for the latency column; on a machine whose cores are "
                              "busy or shared, 1 gives far steadier figures (default: physical cores)")
-    parser.add_argument("--latency-runs", type=int, default=50,
+    parser.add_argument("--latency-runs", type=positive_int, default=50,
                         help="timed ONNX Runtime runs per model, interleaved across models (default: 50)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
                         help="output directory (default: runs/compare)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="trainings at once, each in its own process: on GPUs each sees one device of --device "
                              "0,1,2,3 (round robin); on CPU each gets cores/jobs compute threads (default: 1, "
                              "sequential, in this process)")
@@ -223,8 +224,6 @@ def run(args: argparse.Namespace) -> int:
         rerender(args.out, rendered_by=f"python -m detector compare --report-only --out {args.out}")
         print((args.out / "compare.md").read_text())
         return 0
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if args.ray is not None and args.jobs > 1:
         raise UsageError("--ray and --jobs both schedule the runs: Ray decides how many run at once; drop --jobs")
     missing = [f"--{name}" for name in ("data", "models") if not getattr(args, name)]
@@ -261,8 +260,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = {m: best_checkpoint(run_dir(args.out, m, done[0])) for m in plan.models
                    if (done := [s for s in plan.seeds if (run_dir(args.out, m, s) / RESULT).exists()])}
     if not checkpoints:
-        raise RuntimeError("every run of the compare failed; see the failed.json and compare.log files under "
-                           f"{args.out / 'runs'}")
+        raise SystemExit("every run of the compare failed; see the failed.json and compare.log files under "
+                         f"{args.out / 'runs'}")
     latency = measure_latency(args.out, checkpoints, args.imgsz, args.latency_runs, args.threads)
     report = collect(args.out, plan, latency)
     report["command"], report["data"] = command_line(options), str(args.data)  # the paths as the user gave them

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import yaml
 
+from .argtypes import non_negative_int, positive_int
+
 # Flags users reach for most; any other Ultralytics train argument passes through as key=value.
 COMMON_ARGS = {
-    "epochs": (int, 100, "number of epochs"),
-    "imgsz": (int, 640, "training image size (square)"),
+    "epochs": (positive_int, 100, "number of epochs"),
+    "imgsz": (positive_int, 640, "training image size (square)"),
     "batch": (int, 16, "batch size (-1: auto for GPU memory)"),
     "device": (str, None, "cpu, 0, 0,1 (DDP on two GPUs)... (default: first GPU if any, else cpu)"),
     "seed": (int, 0, "random seed (training is deterministic where torch allows)"),
-    "workers": (int, 8, "dataloader worker processes"),
+    "workers": (non_negative_int, 8, "dataloader worker processes"),
     "project": (str, "runs/detect", "directory holding runs"),
     "name": (str, None, "run name inside project (default: the model name)"),
 }

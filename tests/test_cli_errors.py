@@ -132,3 +132,20 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkey
     monkeypatch.setattr(detector.info, "run", bug)
     with pytest.raises(KeyError, match="a bug"):
         main(["info", "yolo11n"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["compare", "--data", "d.yaml", "--models", "yolo11n-eca", "--seeds", "0"], "--seeds: must be at least 1"),
+        (["compare", "--data", "d.yaml", "--models", "yolo11n-eca", "--epochs", "0"], "--epochs: must be at least 1"),
+        (["compare", "--data", "d.yaml", "--models", "yolo11n-eca", "--jobs", "0"], "--jobs: must be at least 1"),
+        (["compare", "--data", "d.yaml", "--models", "yolo11n-eca", "--latency-runs", "0"], "--latency-runs"),
+        (["train", "yolo11n", "--data", "d.yaml", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+        (["train", "yolo11n", "--data", "d.yaml", "--imgsz", "-32"], "--imgsz: must be at least 1, got -32"),
+        (["train", "yolo11n", "--data", "d.yaml", "--workers", "-1"], "--workers: must be 0 or more, got -1"),
+        (["train", "yolo11n", "--data", "d.yaml", "--imgsz", "abc"], "--imgsz: invalid int value: 'abc'"),
+    ],
+)
+def test_counts_no_run_could_use_are_refused_before_any_work(capsys, argv, named):
+    assert named in run_main(capsys, *argv)
