@@ -195,7 +195,12 @@ async def read_detect_request(
             fields = [(name, value) for name, value in form.multi_items() if name != IMAGE_FIELD]
             for name, value in fields:
                 if isinstance(value, UploadFile):
-                    raise ServiceError(422, f"{name}: expected a value, got a file", field=name)
+                    raise ServiceError(
+                        422,
+                        f"{name}: a file in a parameter field; send images in the field '{IMAGE_FIELD}' "
+                        f"(e.g. curl -F {IMAGE_FIELD}=@photo.jpg)",
+                        field=name,
+                    )
             params = validate_params(params_type, query, _grouped(fields), settings)
             return params, await form_images(form)
         finally:

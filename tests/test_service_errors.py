@@ -193,6 +193,11 @@ def test_413_for_too_many_pixels(client):
     assert client.post("/v1/vision/detection", files={"image": ("big.png", big)}).json()["success"] is False
 
 
+def test_an_image_in_another_field_says_which_field_takes_images(client, photo):
+    error = _error(client.post("/v1/detect", files={"file": ("photo.jpg", photo)}), 422)
+    assert error["field"] == "file" and "send images in the field 'image'" in error["message"], error
+
+
 # ---------------------------------------------------------------------------------------------- 415, 400
 
 
