@@ -58,10 +58,11 @@ class Progress:
     """One line per epoch: model, seed, epoch, metric, and the ETA of the whole compare.
 
     The ETA counts the epochs left and, for every run left, the final validation and test that follow its last epoch
-    (timed on the first finished run; until then estimated as one epoch each), so it does not run out early.
+    (timed on the first finished run; until then estimated as one epoch each), so it does not run out early. With
+    ``total_epochs=None`` (a run of ``--jobs``) the line ends after the metric: the parent adds the compare's ETA.
     """
 
-    def __init__(self, total_epochs: int, total_runs: int) -> None:
+    def __init__(self, total_epochs: int | None, total_runs: int) -> None:
         self.total_epochs, self.done_epochs, self.seconds = total_epochs, 0, 0.0
         self.total_runs, self.done_runs, self.tail_seconds = total_runs, 0, 0.0
         self.epoch_start = self.train_seconds = self.tail_start = 0.0
@@ -99,14 +100,16 @@ class Progress:
             self.seconds += time.perf_counter() - self.epoch_start
             score = adapter.epoch_map50_95(trainer)
             epoch, epochs = adapter.trainer_epoch(trainer)
-            print(
-                f"[compare] {label} epoch {epoch + 1}/{epochs} mAP50-95 {score:.4f} "
-                f"| {self.done_epochs}/{self.total_epochs} epochs, ETA {self.eta_seconds() / 60:.1f} min "
-                "(then the latency phase)",
-                flush=True,
-            )
+            line = f"[compare] {label} epoch {epoch + 1}/{epochs} mAP50-95 {score:.4f}"
+            if self.total_epochs is not None:
+                line += f" {eta_text(self.done_epochs, self.total_epochs, self.eta_seconds())}"
+            print(line, flush=True)
 
         return adapter.EpochEvents(start=epoch_start, trained=epoch_end, validated=fit_epoch_end).callbacks()
+
+
+def eta_text(done_epochs: int, total_epochs: int, eta_seconds: float) -> str:
+    return f"| {done_epochs}/{total_epochs} epochs, ETA {eta_seconds / 60:.1f} min (then the latency phase)"
 
 
 def train_one(plan: Plan, model: str, seed: int, directory: Path, data: Path, progress: Progress) -> dict:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 FAILED = "failed.json"
+EPOCH_LINE = re.compile(r"\[compare\] .+ epoch \d+/\d+ mAP50-95 ")
 
 
 def cpu_count() -> int:
@@ -41,12 +45,32 @@ def record_failure(directory: Path, model: str, seed: int, reason: str) -> dict:
     return failure
 
 
+class JobsProgress:
+    """The ETA of a compare whose runs train side by side: each epoch line a run prints gets the epochs done of all
+    runs and the time left at the pace (wall time per epoch, final validations included) seen so far."""
+
+    def __init__(self, total_epochs: int) -> None:
+        self.total_epochs, self.done_epochs = total_epochs, 0
+        self.start = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def epoch_line(self, line: str) -> str:
+        from .compare import eta_text
+
+        with self._lock:
+            self.done_epochs += 1
+            pace = (time.perf_counter() - self.start) / self.done_epochs
+            left = pace * max(self.total_epochs - self.done_epochs, 0)
+            return f"{line.rstrip()} {eta_text(self.done_epochs, self.total_epochs, left)}\n"
+
+
 def run_jobs(plan, pending: list[tuple[str, int]], out: Path, data: Path, jobs: int, run_dir) -> list[dict]:
     """Train ``pending`` runs with up to ``jobs`` processes at once; returns the failures.
 
     With GPUs in ``plan.train_args["device"]`` (``0,1,2,3``) each process sees one of them, round robin over the
     job slots; on CPU each process gets ``cores // jobs`` compute threads.
     """
+    progress = JobsProgress(len(pending) * plan.train_args["epochs"])
     gpus = gpu_devices(plan.train_args.get("device"))
     threads = max(1, cpu_count() // jobs)
     slots: queue.Queue[int] = queue.Queue()
@@ -64,7 +88,7 @@ def run_jobs(plan, pending: list[tuple[str, int]], out: Path, data: Path, jobs: 
                 args["device"] = "0"
             spec = {"plan": {**asdict(plan), "train_args": args}, "model": model, "seed": seed, "data": str(data),
                     "directory": str(run_dir(out, model, seed)), "threads": threads}
-            return run_process(spec, env)
+            return run_process(spec, env, progress)
         finally:
             slots.put(slot)
 
@@ -72,8 +96,9 @@ def run_jobs(plan, pending: list[tuple[str, int]], out: Path, data: Path, jobs: 
         return [f for f in pool.map(one, pending) if f is not None]
 
 
-def run_process(spec: dict, env: dict) -> dict | None:
-    """One run in a child process; its ``[compare]`` progress lines are passed through, all output is logged."""
+def run_process(spec: dict, env: dict, progress: JobsProgress) -> dict | None:
+    """One run in a child process; its ``[compare]`` progress lines are passed through (epoch lines with the
+    compare's ETA), all output is logged."""
     directory = Path(spec["directory"])
     directory.mkdir(parents=True, exist_ok=True)
     (directory / FAILED).unlink(missing_ok=True)
@@ -84,7 +109,7 @@ def run_process(spec: dict, env: dict) -> dict | None:
         for line in child.stdout:
             log.write(line)
             if line.startswith("[compare]"):
-                print(line, end="", flush=True)
+                print(progress.epoch_line(line) if EPOCH_LINE.match(line) else line, end="", flush=True)
             if line.strip():
                 tail = [*tail[-19:], line.rstrip()]
         code = child.wait()
@@ -106,8 +131,7 @@ def worker(spec: dict) -> None:
 
     adapter.set_cpu_threads(spec["threads"])
     plan = Plan(**{**spec["plan"], "weights": spec["plan"]["weights"] and Path(spec["plan"]["weights"])})
-    train_one(plan, spec["model"], spec["seed"], Path(spec["directory"]), Path(spec["data"]),
-              Progress(plan.train_args["epochs"], 1))
+    train_one(plan, spec["model"], spec["seed"], Path(spec["directory"]), Path(spec["data"]), Progress(None, 1))
 
 
 def run_ray(plan, pending: list[tuple[str, int]], out: Path, data: Path, address: str | None, run_dir) -> list[dict]:

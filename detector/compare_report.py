@@ -23,6 +23,7 @@ from .variants import parse_name
 METRICS = ("map50_95", "map50", "precision", "recall")
 LABELS = {"map50_95": "mAP50-95", "map50": "mAP50", "precision": "precision", "recall": "recall"}
 LEARNED_FLOOR = 0.01  # a model whose best val mAP50-95 stays below this did not learn
+STILL_LEARNING = 0.05  # a mean val mAP50-95 that rose by more than this share over the last quarter of its epochs
 MIN_SEEDS = 3
 
 
@@ -197,7 +198,7 @@ def same_seeds(row: dict, base: dict, seeds: list[int], split: str, metric: str)
 
 
 def row_warnings(report: dict) -> list[str]:
-    """Too few seeds, models that did not learn, variants whose gates stayed closed."""
+    """Too few seeds, models that did not learn or were still learning, variants whose gates stayed closed."""
     warnings = [f"{f['model']} seed {f['seed']} failed ({f['reason']}): left out of the statistics; the next "
                 "compare retries it" for f in report.get("failed", [])]
     names = {r["model"] for r in report["rows"]}
@@ -206,16 +207,33 @@ def row_warnings(report: dict) -> list[str]:
     if len(report["seeds"]) < MIN_SEEDS:
         warnings.append(f"only {len(report['seeds'])} seed(s): fewer than {MIN_SEEDS} gives too little power to "
                         "detect any realistic difference (see the MDE column)")
+    rising = []
     for row in report["rows"]:
         best = row.get("best_map50_95") or [row["val"]["map50_95"]["mean"]]
         if max(best) < LEARNED_FLOOR:
             warnings.append(f"{row['model']} did not learn: its best val mAP50-95 is {max(best):.4f} "
                             f"(below {LEARNED_FLOOR}); train longer before comparing")
+        if rise := still_learning(row.get("training_curve") or []):
+            rising.append(f"{row['model']} {rise}")
         gates = row.get("gates")
         if gates and all(g["mean_abs_gamma"] < CLOSED for g in gates):
             warnings.append(f"{row['model']}: every attention gate stayed closed (mean |γ| < {CLOSED}): the variant "
                             "is the baseline plus under 1% of attention; see docs/ATTENTION.md")
+    if rising:
+        warnings.append(f"training had not converged: mean val mAP50-95 still rose over the last quarter of the "
+                        f"epochs ({'; '.join(rising)}), so Δ measures how fast the models learn as much as how well; "
+                        "train longer (a new --out) before concluding about accuracy at convergence")
     return warnings
+
+
+def still_learning(curve: list[float]) -> str | None:
+    """How much the mean val mAP50-95 `curve` rose over its last quarter of epochs (at least one), as text, when
+    that is more than STILL_LEARNING of its last value; else None."""
+    if len(curve) < 2 or curve[-1] <= 0:
+        return None
+    start = curve[-1 - max(1, len(curve) // 4)]
+    rise = curve[-1] - start
+    return f"{start:.3f} → {curve[-1]:.3f}" if rise > STILL_LEARNING * curve[-1] else None
 
 
 def mean_curve(curves: list[dict]) -> dict:

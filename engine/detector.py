@@ -149,7 +149,7 @@ class Detector:
         turned = letterbox(header.width, header.height, target, self.info.stride, rect)  # EXIF may swap the sides
         min_height = max(stored.resized_height, turned.resized_width)
         min_width = max(stored.resized_width, turned.resized_height)
-        return decode_image_at_least(data, min_height, min_width, self.max_pixels)
+        return decode_image_at_least(data, min_height, min_width, self.max_pixels, header)
 
     @property
     def instances(self) -> int:

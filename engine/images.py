@@ -128,11 +128,16 @@ class DecodedImage:
 
 
 def decode_image_at_least(
-    data: bytes | bytearray | memoryview, min_height: int, min_width: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes | bytearray | memoryview,
+    min_height: int,
+    min_width: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    header: ImageHeader | None = None,
 ) -> DecodedImage:
     """Decode image bytes, a JPEG at the smallest of 1/8, 1/4 and 1/2 scale (libjpeg scales while it decodes,
     in less time and memory) that is still at least `min_height` x `min_width`, sides as stored (before the EXIF
     orientation turns them); other images, and JPEGs not that much larger, in full. Raises as `decode_image`.
+    `header` is the data's `inspect_image`, when the caller has read it already.
 
     Examples:
         >>> import cv2, numpy as np
@@ -142,7 +147,7 @@ def decode_image_at_least(
         ((540, 960, 3), (2160, 3840))
     """
     data = bytes(data) if isinstance(data, memoryview) else data
-    header = inspect_image(data)
+    header = header or inspect_image(data)
     for factor, flag in _REDUCED_JPEG if header.format == "JPEG" else ():
         height, width = -(-header.height // factor), -(-header.width // factor)  # libjpeg rounds up
         if height >= min_height and width >= min_width:

@@ -14,6 +14,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .connections import PROBE_PATHS
 from .errors import ServiceError, error_response
 from .logs import request_id_var
 from .metrics import Metrics
@@ -22,7 +23,6 @@ access_logger = logging.getLogger("service.access")
 logger = logging.getLogger("service")
 
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-_PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
 class RequestContextMiddleware:
@@ -87,7 +87,7 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(template, scope["method"]).observe(elapsed)
             access_logger.log(
-                logging.DEBUG if scope["path"] in _PROBE_PATHS and status < 400 else logging.INFO,
+                logging.DEBUG if scope["path"] in PROBE_PATHS and status < 400 else logging.INFO,
                 "%s %s %d %.1fms",
                 scope["method"],
                 scope["path"],

@@ -366,3 +366,27 @@ def test_gpu_check_dry_run_names_every_step_and_fits_ten_minutes(tmp_path):
     assert [line.split()[:2] for line in summary[:-1]] == [[name, "dry-run"] for name in steps]
     assert sum(int(limit) for _, limit, _ in announced) <= 600 and "total at most" in summary[-1]
     assert not venv.exists() and sorted(path.name for path in out.iterdir()) == ["summary.txt"]
+
+
+def test_gpu_study_runs_every_run_at_once_on_the_gpu_and_refuses_missing_data(tmp_path):
+    """benchmarks/gpu_study.sh: one compare from scratch with every run in its own process on the GPU (baseline and
+    variants x seeds), dataloader workers sharing the cores, under a time limit; a missing data YAML is one line."""
+    script = BENCHMARKS / "gpu_study.sh"
+    assert os.access(script, os.X_OK)
+    data = tmp_path / "data.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
+    env = {**os.environ, "GPU_STUDY_DRY_RUN": "1", "GPU_STUDY_MODELS": "yolo11n-se,yolo11n-cbam,yolo11n-mhsa",
+           "GPU_STUDY_SEEDS": "2", "GPU_STUDY_PYTHON": sys.executable}  # fmt: skip
+    result = subprocess.run(["bash", str(script), str(data), str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=30, env=env, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    workers = max(1, len(os.sched_getaffinity(0)) // 8)
+    assert result.stdout.strip() == (
+        f"gpu_study: at most 540 s: {sys.executable} -m detector compare --data {data} --models "
+        "yolo11n-se,yolo11n-cbam,yolo11n-mhsa --seeds 2 --epochs 30 --imgsz 640 --batch 32 --device 0 --jobs 8 "
+        f"--workers {workers} --out {tmp_path / 'out'} cache=ram plots=False"
+    )
+    missing = subprocess.run(["bash", str(script), str(tmp_path / "none.yaml")], capture_output=True, text=True,
+                             timeout=30, env=env, check=False)  # fmt: skip
+    assert missing.returncode == 2 and not missing.stdout
+    assert missing.stderr.strip().startswith(f"gpu_study: {tmp_path / 'none.yaml'}: no such data YAML")

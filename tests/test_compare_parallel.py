@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,8 @@ def check_same_results_and_the_failure(sequential, parallel):
 def test_jobs_give_the_sequential_results_and_report_a_failed_run(sequential, shapes_data, tmp_path):
     printed = compare(shapes_data, with_a_broken_run(tmp_path), "--jobs", "2").stdout
     assert "[compare] yolo11n-se seed 1 FAILED" in printed and "[compare] yolo11n seed 0 epoch 1/1" in printed
+    # the ETA is the whole compare's (4 runs x 1 epoch to do), not that of the run printing the line
+    assert re.search(r"yolo11n seed 0 epoch 1/1 mAP50-95 \d\.\d{4} \| [1-4]/4 epochs, ETA \d+\.\d min", printed)
     check_same_results_and_the_failure(sequential, tmp_path)
 
 

@@ -78,7 +78,8 @@ def fake_report(seeds: int) -> dict:
                                              "seeds": [gamma] * seeds}]
         return {"model": model, "baseline": "yolo11n", "reference": False, "params": 1, "gflops": 1.0,
                 "latency_ms": {"cpu": 10.0}, "train_images_per_s": 5.0, "best_map50_95": values, "gates": gates,
-                "val": metrics, "pr_curve": {"recall": [0, 1], "precision": [1, 0]}, "training_curve": [0.1, 0.2]}
+                "val": metrics, "pr_curve": {"recall": [0, 1], "precision": [1, 0]},
+                "training_curve": [0.1, 0.4, 0.49, 0.5, 0.51]}  # +2% over the last quarter: converged
 
     return {"date": "d", "machine": "m", "seeds": list(range(seeds)), "train_args": {"epochs": 2}, "weights": None,
             "splits": ["val"], "data": "x.yaml", "command": "python -m detector compare ...",
@@ -101,6 +102,18 @@ def test_report_marks_significance_after_holm_and_warns():
     assert "| yolo11n-eca |" in text and " **" in text and "Holm" in text and "## Warnings" in text
     assert "| yolo11n-eca | 17 | eca | P3 | 0.0020 (closed) |" in text
     assert "seed(s)" in "\n".join(add_statistics(fake_report(2))["warnings"])
+    assert "not converged" not in warnings
+
+
+def test_report_warns_when_training_had_not_converged():
+    """Over the last quarter of the epochs (at least one) the mean val mAP50-95 rose by more than 5% of its last
+    value: the models were still learning, and the report says which and by how much."""
+    report = fake_report(3)
+    report["rows"][0]["training_curve"] = [0.0, 0.02, 0.05, 0.07, 0.08, 0.09, 0.094, 0.1]  # 0.09 → 0.1 over 2
+    report["rows"][2]["training_curve"] = [0.1, 0.2, 0.3, 0.4, 0.46, 0.48, 0.49, 0.5]  # 0.48 → 0.5: 4%
+    report["rows"][1]["training_curve"] = [0.3, 0.5]  # 0.3 → 0.5 over one epoch
+    (warning,) = [w for w in add_statistics(report)["warnings"] if "not converged" in w]
+    assert "yolo11n 0.090 → 0.100; yolo11n-eca 0.300 → 0.500)" in warning and "yolo11n-se" not in warning
 
 
 def test_rerender_recomputes_an_older_report(tmp_path):

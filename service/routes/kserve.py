@@ -134,9 +134,9 @@ async def model_ready(model: str, state: State, version: str | None = None) -> R
     return Response(status_code=200)
 
 
-def model_config(name: str, served: ServedModel, state: ServiceState) -> dict[str, Any]:
+def model_config(name: str, served: ServedModel, settings: Settings) -> dict[str, Any]:
     """Triton's model configuration of model `name` as this server runs it (see `engine.triton`)."""
-    info, settings = served.detector.info, state.settings
+    info = served.detector.info
     input_shape, output_shape = tensor_shapes(served)
     return triton.model_config(
         name,
@@ -164,7 +164,7 @@ def model_config(name: str, served: ServedModel, state: ServiceState) -> dict[st
 )
 async def get_model_config(model: str, state: State, version: str | None = None) -> dict[str, Any]:
     _, served = _model(state, model, version)
-    return model_config(model, served, state)
+    return model_config(model, served, state.settings)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
