@@ -27,7 +27,9 @@ class ServiceState:
     pipeline: Pipeline
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """The app's state. A coroutine: FastAPI would run a plain function in its thread pool, one thread hand-off
+    per request for an attribute lookup."""
     return request.app.state.service
 
 
@@ -71,4 +73,4 @@ async def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Route dependency: the request carries a valid API key (when keys are configured)."""
-    check_api_key(get_state(request).settings, api_key or (bearer.credentials if bearer else None))
+    check_api_key(request.app.state.service.settings, api_key or (bearer.credentials if bearer else None))
