@@ -25,6 +25,14 @@ DATA=${1:?usage: bash benchmarks/gpu_study.sh DATA_YAML [OUT_DIR]}
 OUT_DIR=${2:-docs/results/gpu-study}
 PY=${GPU_STUDY_PYTHON:-python3}
 MODELS=${GPU_STUDY_MODELS:-yolo11n-eca,yolo11n-cbam}
+
+for name in GPU_STUDY_SEEDS GPU_STUDY_EPOCHS GPU_STUDY_IMGSZ GPU_STUDY_BATCH GPU_STUDY_JOBS GPU_STUDY_WORKERS \
+    GPU_STUDY_TOTAL_S; do
+    if [[ -n ${!name:-} && ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
+        echo "gpu_study: $name=${!name}: must be a positive whole number" >&2
+        exit 2
+    fi
+done
 SEEDS=${GPU_STUDY_SEEDS:-3}
 IFS=, read -r -a VARIANTS <<<"$MODELS"
 JOBS=${GPU_STUDY_JOBS:-$(((${#VARIANTS[@]} + 1) * SEEDS))}

@@ -370,7 +370,8 @@ def test_gpu_check_dry_run_names_every_step_and_fits_ten_minutes(tmp_path):
 
 def test_gpu_study_runs_every_run_at_once_on_the_gpu_and_refuses_missing_data(tmp_path):
     """benchmarks/gpu_study.sh: one compare from scratch with every run in its own process on the GPU (baseline and
-    variants x seeds), dataloader workers sharing the cores, under a time limit; a missing data YAML is one line."""
+    variants x seeds), dataloader workers sharing the cores, under a time limit; a missing data YAML or a bad number
+    is one line."""
     script = BENCHMARKS / "gpu_study.sh"
     assert os.access(script, os.X_OK)
     data = tmp_path / "data.yaml"
@@ -390,3 +391,6 @@ def test_gpu_study_runs_every_run_at_once_on_the_gpu_and_refuses_missing_data(tm
                              timeout=30, env=env, check=False)  # fmt: skip
     assert missing.returncode == 2 and not missing.stdout
     assert missing.stderr.strip().startswith(f"gpu_study: {tmp_path / 'none.yaml'}: no such data YAML")
+    bad = subprocess.run(["bash", str(script), str(data)], capture_output=True, text=True, timeout=30,
+                         env={**env, "GPU_STUDY_SEEDS": "three"}, check=False)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr == "gpu_study: GPU_STUDY_SEEDS=three: must be a positive whole number\n"
