@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,10 @@ class Progress:
             print(line, flush=True)
 
         return adapter.EpochEvents(start=epoch_start, trained=epoch_end, validated=fit_epoch_end).callbacks()
+
+
+EPOCH_LINE = re.compile(r"\[compare\] .+ epoch \d+/\d+ mAP50-95 ")
+"""The start of the line `Progress` prints for an epoch (without its ETA, a run of ``--jobs`` prints only that)."""
 
 
 def eta_text(done_epochs: int, total_epochs: int, eta_seconds: float) -> str:

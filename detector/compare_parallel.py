@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import subprocess
 import sys
 import threading
@@ -21,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from .compare import EPOCH_LINE, eta_text
+
 FAILED = "failed.json"
-EPOCH_LINE = re.compile(r"\[compare\] .+ epoch \d+/\d+ mAP50-95 ")
 
 
 def cpu_count() -> int:
@@ -55,8 +55,6 @@ class JobsProgress:
         self._lock = threading.Lock()
 
     def epoch_line(self, line: str) -> str:
-        from .compare import eta_text
-
         with self._lock:
             self.done_epochs += 1
             pace = (time.perf_counter() - self.start) / self.done_epochs

@@ -68,9 +68,9 @@ def check_api_key(settings: Settings, candidate: str | None) -> None:
 
 
 async def require_api_key(
-    request: Request,
+    state: State,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Route dependency: the request carries a valid API key (when keys are configured)."""
-    check_api_key(request.app.state.service.settings, api_key or (bearer.credentials if bearer else None))
+    check_api_key(state.settings, api_key or (bearer.credentials if bearer else None))
