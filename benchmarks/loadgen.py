@@ -436,6 +436,7 @@ class ServiceSettings:
     device: str = "cpu"
     threads: int | None = None
     instances: int | None = None
+    solo_threads: int | None = None
     max_batch: int | None = None
     max_batch_wait_ms: float | None = None
     queue_size: int | None = None

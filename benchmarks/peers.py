@@ -32,6 +32,7 @@ The first run installs the peer from PyPI (torch makes its environment several G
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -73,6 +74,7 @@ from benchmarks.service import (
     References,
     ratio,
     run_and_report,
+    solo_text,
 )
 from engine import DeviceError, ImageError, ModelError, plan_execution
 from engine.preprocess import letterbox
@@ -390,7 +392,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         raise SystemExit(f"--image {image}: {error}") from None
     plan = plan_execution(0, 0, "cpu")  # the service's own choice, which it makes with its defaults
     try:
-        references = References(args.model, image, "cpu", plan.threads, plan.spinning, with_ultralytics=True)
+        references = References(args.model, image, "cpu", plan, with_ultralytics=True)
     except (DeviceError, ModelError) as error:
         raise SystemExit(f"cannot run the references: {error}") from None
     info = references.info
@@ -446,7 +448,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "service": {
             "command": "python -m service",
             "environment": ServiceSettings(model=args.model).environment(),
-            "plan": {"instances": plan.instances, "threads": plan.threads, "spinning": plan.spinning},
+            "plan": dataclasses.asdict(plan),
             "input_hw": list(service_hw),
             "check_detections": len(native_answer["results"][0].get("detections", [])),
             "check_predictions_deepstack": len(service_answer["predictions"]),
@@ -475,7 +477,8 @@ def print_report(report: dict[str, Any]) -> None:
     service_hw, peer_hw = report["service"]["input_hw"], report["peer"]["input_hw"]
     plan = report["service"]["plan"]
     print(
-        f"\nservice: {plan['instances']} instances x {plan['threads']} threads (its defaults), input "
+        f"\nservice: {plan['instances']} instances x {plan['threads']} threads, solo session "
+        f"{solo_text(plan['solo_threads'], plan['threads'])} (its defaults), input "
         f"{service_hw[0]}x{service_hw[1]}; {PEER} {report['peer']['versions'].get(PEER)} (Ultralytics "
         f"{report['peer']['versions'].get('ultralytics')}, ONNX Runtime {report['peer']['versions'].get('onnxruntime')}"
         f"), input {peer_hw[0]}x{peer_hw[1]}; closed loop, {report['duration_s']:g} s per route and level:"
@@ -500,7 +503,10 @@ def print_report(report: dict[str, Any]) -> None:
             if row["errors"]:
                 print(f"      client errors: {row['errors']}")
     print(f"\nsingle-stream references in this process (servers not running), input {service_hw[0]}x{service_hw[1]}:")
-    for name, label in (("ultralytics", "YOLO(onnx).predict loop"), ("raw", "raw session.run")):
+    cases = (("ultralytics", "YOLO(onnx).predict loop"), ("raw", "raw session.run"), ("raw_solo", "raw, solo session"))
+    for name, label in cases:
+        if name not in report["references"]:
+            continue
         row = report["references"][name]
         drift = row["after_over_before"]
         print(

@@ -3,10 +3,13 @@
 One run measures, on the same model and image:
 
   raw          session.run in this process on the tensor the engine makes from the image (same input size,
-               same session options, same threads as the service): the limit of this hardware. Its
-               single-stream rate is 1000 / raw p50 images/s.
+               same session options, same threads as one of the service's instances).
+  raw_solo     the same on a session like the service's solo session (DETECT_SOLO_THREADS), where it has one:
+               a lone request runs there. The session a lone request runs on is the limit of this hardware at
+               concurrency 1; its single-stream rate is 1000 / its p50 images/s.
   ultralytics  ultralytics.YOLO(onnx).predict(image) in a loop in this process (what users would do
-               otherwise), on CPU with its ONNX Runtime session swapped for one with the service's settings.
+               otherwise), on CPU with its ONNX Runtime session swapped for one with the settings of the session a
+               lone request runs on in the service (the same threads as the service at concurrency 1).
   service      python -m service on a free loopback port, driven by benchmarks/loadgen.py in a separate
                process (asyncio, closed loop, multipart POST /v1/detect; --client) at each --concurrency:
                p50/p95/p99 latency and throughput.
@@ -18,8 +21,9 @@ One run measures, on the same model and image:
 
 The reference runs are split: half before the service starts, half after it stopped, interleaved run by run,
 so that a change in machine load shows as their after/before ratio. Goals (met / NOT met): service p50 at
-concurrency 1 <= 1.10x raw p50; throughput at concurrency 8 >= 1.0x the raw single-stream rate and >= 0.8x the
-best rate of the sweep; service p50 at concurrency 1 <= 0.90x the Ultralytics loop p50.
+concurrency 1 <= 1.10x the raw p50 of the session a lone request runs on; throughput at concurrency 8 >= 1.0x
+that session's single-stream rate and >= 0.8x the best rate of the sweep; service p50 at concurrency 1 <= 0.90x
+the Ultralytics loop p50.
 
     python benchmarks/service.py --threads 1 --out service.json
     python benchmarks/service.py --device cuda --concurrency 1,4,8,16,32 --out service-gpu.json
@@ -43,6 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before benchmarks/ (this script's folder): `service` is the package, not this file
 
+import onnxruntime as ort
+
 from benchmarks.engine import machine, timed, write_report
 from benchmarks.loadgen import (
     CLIENTS,
@@ -64,7 +70,7 @@ from benchmarks.loadgen import (
     run_load,
     summarize,
 )
-from engine import Detector, DeviceError, ImageError, ModelError, physical_cores, plan_execution
+from engine import Detector, DeviceError, ExecutionPlan, ImageError, ModelError, physical_cores, plan_execution
 from engine.model import create_session
 from service.settings import Settings
 
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--instances",
         type=positive_int,
         help="DETECT_INSTANCES of the service (default: the service's own choice, engine.plan_execution)",
+    )
+    parser.add_argument(
+        "--solo-threads",
+        type=positive_int,
+        help="DETECT_SOLO_THREADS of the service: intra-op threads of the run of a lone request (default: chosen "
+        "as the service does; 1 = no solo session)",
     )
     parser.add_argument(
         "--max-batch",
@@ -185,24 +197,30 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 class References:
     """The in-process cases the service is compared with, timed interleaved run by run."""
 
-    def __init__(
-        self, model: Path, image: Path, device: str, threads: int, spinning: bool, with_ultralytics: bool
-    ) -> None:
+    def __init__(self, model: Path, image: Path, device: str, plan: ExecutionPlan, with_ultralytics: bool) -> None:
         preparer = Detector(model, device="cpu", threads=1)  # preparing does not depend on the device
         self.info = preparer.info
         self.tensor = preparer.prepare(image.read_bytes()).tensor
-        self.session = create_session(model, device, threads, spinning)
-        self.cases: dict[str, Callable[[], object]] = {"raw": self.run_raw}
+        self.session = create_session(model, device, plan.threads, plan.spinning)
+        self.cases: dict[str, Callable[[], object]] = {"raw": lambda: self.run_raw()}
+        lone_threads, lone_spinning = plan.threads, plan.spinning
+        if plan.solo_threads:
+            lone_threads, lone_spinning = plan.solo_threads, True
+            solo_session = create_session(model, device, lone_threads, lone_spinning)
+            self.cases["raw_solo"] = lambda: self.run_raw(session=solo_session)
+        self.lone_case = "raw_solo" if plan.solo_threads else "raw"
         if with_ultralytics:
             # Ultralytics' own default imgsz is 640: give it the service's (the export size), rect for dynamic models.
             imgsz = self.info.imgsz[0] if self.info.dynamic_hw else list(self.info.imgsz)
-            self.cases["ultralytics"] = ultralytics_predict_loop(model, image, imgsz, device, threads, spinning)
+            self.cases["ultralytics"] = ultralytics_predict_loop(
+                model, image, imgsz, device, lone_threads, lone_spinning
+            )
         self.before: dict[str, list[float]] = {name: [] for name in self.cases}
         self.after: dict[str, list[float]] = {name: [] for name in self.cases}
 
-    def run_raw(self, batch: np.ndarray | None = None) -> object:
+    def run_raw(self, batch: np.ndarray | None = None, session: ort.InferenceSession | None = None) -> object:
         feed = {self.info.input_name: self.tensor if batch is None else batch}
-        return self.session.run([self.info.output_name], feed)
+        return (session or self.session).run([self.info.output_name], feed)
 
     def measure(self, samples: dict[str, list[float]], runs: int, warmup: int) -> None:
         for _ in range(warmup):
@@ -223,8 +241,10 @@ class References:
                     samples[size].append(elapsed)
         return samples
 
-    def summary(self) -> dict[str, dict[str, Any]]:
-        result = {}
+    def summary(self) -> dict[str, Any]:
+        """Per case: its runs' latency statistics, after/before drift and samples; `lone` names the raw case of the
+        session a lone request runs on."""
+        result: dict[str, Any] = {"lone": self.lone_case}
         for name in self.cases:
             samples = self.before[name] + self.after[name]
             result[name] = {
@@ -339,7 +359,7 @@ def evaluate(
     references: dict[str, dict[str, Any]], levels: dict[int, dict[str, Any]], sweep: list[dict[str, Any]]
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
     """The ratios the service is judged on, and the goals (against the sweep's best rate when there is a sweep)."""
-    raw_p50 = references["raw"]["p50_ms"]
+    raw_p50 = references[references["lone"]]["p50_ms"]
     ultralytics_p50 = references.get("ultralytics", {}).get("p50_ms")
     latency_level = levels.get(GOAL_CONCURRENCY_LATENCY, {})
     throughput_level = levels.get(GOAL_CONCURRENCY_THROUGHPUT, {})
@@ -400,11 +420,20 @@ def batch_table(raw_batches: dict[int, list[float]], levels: dict[int, dict[str,
     return rows
 
 
+def solo_text(solo_threads: int, threads: int) -> str:
+    return f"{solo_threads} threads" if solo_threads > threads else "none"
+
+
 def print_report(report: dict[str, Any]) -> None:
     references, settings = report["references"], report["service_settings"]
     input_shape = "x".join(map(str, report["input_shape"]))
     print(f"\nreferences in this process (server not running), input {input_shape}, device {report['device']}:")
-    for name, label in (("raw", "raw session.run"), ("ultralytics", "YOLO(onnx).predict loop")):
+    cases = (
+        ("raw", "raw session.run"),
+        ("raw_solo", "raw, solo session"),
+        ("ultralytics", "YOLO(onnx).predict loop"),
+    )
+    for name, label in cases:
         if name in references:
             row = references[name]
             drift = row["after_over_before"]
@@ -414,12 +443,13 @@ def print_report(report: dict[str, Any]) -> None:
             )
     print(f"  raw single-stream rate: {report['raw_single_stream_rate']:.1f} images/s")
     print(
-        f"\nservice ({settings['instances']} instances x {settings['threads']} threads, "
+        f"\nservice ({settings['instances']} instances x {settings['threads']} threads, solo session "
+        f"{solo_text(settings['solo_threads'], settings['threads'])}, "
         f"max batch {settings['max_batch']}, batch wait "
         f"{settings['max_batch_wait_ms']:g} ms, queue {settings['queue_size']}), closed loop from a separate "
         f"process ({report['client']} client), {report['duration_s']:g} s per level:"
     )
-    raw_p50 = references["raw"]["p50_ms"]
+    raw_p50 = references[references["lone"]]["p50_ms"]
     ultralytics_p50 = references.get("ultralytics", {}).get("p50_ms")
     header = (
         f"{'conc':>5}{'requests':>10}{'failed':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
@@ -466,14 +496,20 @@ def print_report(report: dict[str, Any]) -> None:
     print_goals(report["goals"])
 
 
+def execution_plan(args: argparse.Namespace) -> ExecutionPlan:
+    """The service's instances, threads and solo session for the options, as the service chooses them."""
+    return plan_execution(args.instances or 0, args.threads or 0, args.device, solo_threads=args.solo_threads or 0)
+
+
 def service_settings(args: argparse.Namespace, batch_sizes: Sequence[int], levels: Sequence[int]) -> ServiceSettings:
     """The service's settings: the options, with batch and queue sizes that fit the levels when not given."""
-    plan = plan_execution(args.instances or 0, args.threads or 0, args.device)
+    plan = execution_plan(args)
     return ServiceSettings(
         model=args.model,
         device=args.device,
         threads=plan.threads,
         instances=plan.instances,
+        solo_threads=plan.solo_threads or 1,  # 1: none (the service's own choice could differ from the plan's)
         max_batch=args.max_batch or max([8, *batch_sizes]),
         max_batch_wait_ms=args.max_batch_wait_ms,
         queue_size=args.queue_size or max([32, *levels]),
@@ -491,8 +527,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     except ImageError as error:
         raise SystemExit(f"--image {image}: {error}") from None
     try:
-        spinning = plan_execution(settings.instances, settings.threads, args.device).spinning  # as the service's
-        references = References(args.model, image, args.device, settings.threads, spinning, not args.no_ultralytics)
+        references = References(args.model, image, args.device, execution_plan(args), not args.no_ultralytics)
     except (DeviceError, ModelError) as error:
         raise SystemExit(f"cannot run the references: {error}") from None
 
@@ -523,7 +558,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "references": reference_summary,
-        "raw_single_stream_rate": 1e3 / reference_summary["raw"]["p50_ms"],
+        "raw_single_stream_rate": 1e3 / reference_summary[reference_summary["lone"]]["p50_ms"],
         "service": [levels[concurrency] for concurrency in levels_wanted],
         "batches": batch_table(raw_batches, levels),
         "raw_sweep": sweep,

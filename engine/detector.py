@@ -61,6 +61,8 @@ class Detector:
         max_pixels: images whose header declares more pixels are refused with ImageTooLarge.
         instances: sessions of the model, so that `instances` runs (`infer(..., instance=i)`) go at once.
         spinning: ONNX Runtime's intra-op spinning (see `create_session`).
+        solo_threads: intra-op threads of one more, spinning session for runs that have the machine to themselves
+            (`infer(..., solo=True)`); 0: none.
         max_imgsz: the largest `imgsz` accepted (at most `MAX_IMGSZ`).
         reduced_decoding: decode a JPEG at 1/2, 1/4 or 1/8 scale in libjpeg when it stays at least as large as
             the model input needs (`decode_image_at_least`): a 4K frame decodes in half the time; boxes are in the
@@ -77,10 +79,12 @@ class Detector:
         spinning: bool = True,
         max_imgsz: int = MAX_IMGSZ,
         reduced_decoding: bool = False,
+        solo_threads: int = 0,
     ) -> None:
         if instances < 1:
             raise InvalidParameter(f"instances must be >= 1, got {instances}")
         self._sessions = [create_session(path, device, threads, spinning) for _ in range(instances)]
+        self._solo_session = create_session(path, device, solo_threads, spinning=True) if solo_threads else None
         self.info: ModelInfo = read_model_info(self._sessions[0], path)
         self.device = device
         self.max_pixels = max_pixels
@@ -89,10 +93,12 @@ class Detector:
         self._input_dtype = np.float16 if self.info.input_dtype == "float16" else np.float32
 
     def warmup(self) -> RawOutput:
-        """Run every instance once at the default input size, so that no request pays for initialisation; the
+        """Run every session once at the default input size, so that no request pays for initialisation; the
         output of that run (its shape is the model's output shape at its default size)."""
         height, width = self.info.imgsz
         blank = self.prepare(np.full((height, width, 3), PAD_VALUE, np.uint8))
+        if self.has_solo_session:
+            self.infer([blank], solo=True)
         return [self.infer([blank], instance=instance)[0] for instance in range(self.instances)][0]
 
     def predict(
@@ -156,17 +162,26 @@ class Detector:
         """Sessions of the model: runs on different instances go at once."""
         return len(self._sessions)
 
+    @property
+    def has_solo_session(self) -> bool:
+        """Whether `infer(..., solo=True)` has a session of its own (`solo_threads`)."""
+        return self._solo_session is not None
+
     def infer(
-        self, prepared: Sequence[Prepared], run_options: ort.RunOptions | None = None, instance: int = 0
+        self,
+        prepared: Sequence[Prepared],
+        run_options: ort.RunOptions | None = None,
+        instance: int = 0,
+        solo: bool = False,
     ) -> list[RawOutput]:
         """Run the model on prepared images, stacking same-shape inputs into one run where the batch axis allows.
 
         Models with a dynamic batch axis get one run per input shape; static-batch models get runs of
         their fixed batch size (a short last run is padded with zeros). Outputs keep the input order.
         `run_options` go to every run (e.g. `terminate` set from another thread stops them); `instance`
-        picks the session (0 .. instances - 1).
+        picks the session (0 .. instances - 1); `solo` takes the solo session instead where there is one.
         """
-        session = self._sessions[instance]
+        session = self._solo_session if solo and self._solo_session is not None else self._sessions[instance]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.input_shape, []).append(index)

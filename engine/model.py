@@ -82,54 +82,67 @@ MAX_AUTO_THREADS = 4  # intra-op threads per instance when chosen: a small detec
 
 @dataclass(frozen=True)
 class ExecutionPlan:
-    """How a model uses the CPU: `instances` sessions run at once, each with `threads` intra-op threads.
+    """How a model uses the CPU: `instances` sessions run at once, each with `threads` intra-op threads, and a
+    run that has the model to itself may use `solo_threads`.
 
     Attributes:
         instances: concurrent model runs (Triton's ``instance_group.count``), one session each.
         threads: ONNX Runtime intra-op threads of each session.
-        spinning: whether idle intra-op threads busy-wait for work (ONNX Runtime's default); only where the
+        spinning: whether intra-op threads busy-wait for work during a run (ONNX Runtime's default); only where the
             instances' threads leave cores over, since a spinning thread takes a core from other work.
+        solo_threads: intra-op threads of one more session, for a run that starts while no other run goes and no
+            request waits: a lone request uses the cores that the instances share under load. 0: no such session.
     """
 
     instances: int
     threads: int
     spinning: bool
+    solo_threads: int = 0
 
 
 def plan_execution(
-    instances: int = 0, threads: int = 0, device: str = "cpu", cores: int | None = None
+    instances: int = 0, threads: int = 0, device: str = "cpu", cores: int | None = None, solo_threads: int = 0
 ) -> ExecutionPlan:
     """Instances and intra-op threads for a model, each chosen from the cores the process may use when 0.
 
     On CPU one single-threaded instance runs per core, up to `MAX_AUTO_INSTANCES`; beyond that the instances share
     the cores as threads (up to `MAX_AUTO_THREADS` each): on 2 cores 2 x 1, on 8 cores 8 x 1, on 32 cores 8 x 4.
-    Intra-op threads pay only while idle ones spin (a small YOLO on 2 cores: 1 thread 11.2 ms, 2 spinning 9.9 ms,
-    2 not spinning 12.3 ms), and under load a spinning thread takes a core from another run, from decoding and from
-    HTTP; so threads spin only where cores are left over (fewer instances asked for). Asked-for instances get the
-    cores between them. A CUDA device gets one instance (its kernels queue on the GPU anyway).
+    Under load that keeps every core on a run of its own, which intra-op threads would only share. A lone request
+    is another matter (the shipped model on 2 cores: 1 thread 23.5 ms, 2 spinning 16.7 ms, 2 not spinning 19.3 ms),
+    so where the instances have fewer threads than `MAX_AUTO_THREADS` and the cores allow more, a solo session of
+    spinning threads takes the runs that start alone. Asked-for instances get the cores between them. A CUDA
+    device gets one instance (its kernels queue on the GPU anyway) and no solo session.
 
     Examples:
         >>> plan_execution(cores=2)
-        ExecutionPlan(instances=2, threads=1, spinning=False)
+        ExecutionPlan(instances=2, threads=1, spinning=False, solo_threads=2)
         >>> plan_execution(cores=32)
-        ExecutionPlan(instances=8, threads=4, spinning=False)
+        ExecutionPlan(instances=8, threads=4, spinning=False, solo_threads=0)
         >>> plan_execution(instances=1, cores=4)
-        ExecutionPlan(instances=1, threads=4, spinning=False)
+        ExecutionPlan(instances=1, threads=4, spinning=False, solo_threads=0)
         >>> plan_execution(instances=1, threads=2, cores=4)
-        ExecutionPlan(instances=1, threads=2, spinning=True)
+        ExecutionPlan(instances=1, threads=2, spinning=True, solo_threads=0)
+        >>> plan_execution(instances=2, threads=1, cores=8, solo_threads=6)
+        ExecutionPlan(instances=2, threads=1, spinning=True, solo_threads=6)
     """
-    if instances < 0 or threads < 0:
-        raise InvalidParameter(f"instances and threads must be >= 0 (0 = chosen), got {instances} and {threads}")
+    if min(instances, threads, solo_threads) < 0:
+        raise InvalidParameter(
+            f"instances, threads and solo_threads must be >= 0 (0 = chosen), got {instances}, {threads} and "
+            f"{solo_threads}"
+        )
     cores = cores or physical_cores()
     if device != "cpu":
         instances = instances or 1
         threads = threads or max(1, min(cores // instances, MAX_AUTO_THREADS))
-    else:
-        if not threads:
-            share = cores // instances if instances else cores // MAX_AUTO_INSTANCES
-            threads = max(1, min(MAX_AUTO_THREADS, share))
-        instances = instances or max(1, min(MAX_AUTO_INSTANCES, cores // threads))
-    return ExecutionPlan(instances, threads, spinning=instances * threads < cores)
+        return ExecutionPlan(instances, threads, spinning=instances * threads < cores)
+    if not threads:
+        share = cores // instances if instances else cores // MAX_AUTO_INSTANCES
+        threads = max(1, min(MAX_AUTO_THREADS, share))
+    instances = instances or max(1, min(MAX_AUTO_INSTANCES, cores // threads))
+    if not solo_threads:
+        solo_threads = min(cores, MAX_AUTO_THREADS)
+    solo = solo_threads if instances > 1 and solo_threads > threads else 0
+    return ExecutionPlan(instances, threads, spinning=instances * threads < cores, solo_threads=solo)
 
 
 def create_session(
@@ -142,8 +155,9 @@ def create_session(
         path: ONNX file.
         device: "cpu", or "cuda" / "cuda:N" for CUDAExecutionProvider (with CPU fallback for unsupported ops).
         threads: intra-op threads; default `physical_cores()`.
-        spinning: let idle intra-op threads busy-wait for the next piece of work (``session.intra_op.allow_spinning``);
-            turn it off when other threads need the same cores.
+        spinning: let idle intra-op threads busy-wait for the next piece of work (``session.intra_op.allow_spinning``)
+            while a run goes on; they stop as the run ends (``session.force_spinning_stop``), so between runs they
+            take no core. Turn it off when other threads need the same cores during runs.
     """
     match = _DEVICE_PATTERN.match(device)
     if match is None:
@@ -169,6 +183,7 @@ def create_session(
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # A memory pattern is planned and kept per input shape: with dynamic sizes it only accumulates (no faster here).
     options.enable_mem_pattern = False
     try:

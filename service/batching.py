@@ -6,7 +6,9 @@ waiting job and every job of the same detector that has queued up behind it, up 
 fixed batch size when its batch axis is static), runs `Detector.infer` on its own instance (session), and hands every
 job its own outputs. So a batch is whatever queued while the instances were busy; `max_wait_s` (default 0, like
 Triton's ``max_queue_delay_microseconds``) makes the first job wait for company, trading latency for batch size.
-One batch forms at a time; the instances run theirs at once. A request takes its place
+One batch forms at a time; the instances run theirs at once. Where the detector has a solo session (more intra-op
+threads than an instance's), a run that starts while no other run goes and no request waits takes it: a lone request
+uses every core, and under load each run keeps to its own instance's core. A request takes its place
 in the queue (`reserve`) before its images are prepared, so a full queue refuses it before any work
 (`QueueFull`). A request that gives up (timeout, shutdown) abandons its job: a waiting job is skipped, and a
 model run whose requests have all given up is stopped (ONNX Runtime's `RunOptions.terminate`).
@@ -85,7 +87,7 @@ class QueuePlace:
     def __exit__(self, *exc_info: object) -> None:
         job, self.job = self.job, None  # a place left holds no images
         if job is None:
-            self.worker._places.release()
+            self.worker._release_place()
         elif not job.future.done():
             self.worker._abandon(job)
 
@@ -143,12 +145,12 @@ class BatchWorker:
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
         self.max_image_pixels = max_image_pixels
-        self._places = threading.BoundedSemaphore(queue_size)  # free places; the worker frees one per job it takes
+        self._places_taken = 0  # requests being prepared or queued; the worker frees a place per job it takes
         self._queue: queue.Queue[_Job | object] = queue.Queue()  # never over queue_size jobs: each holds a place
         self._carried: _Job | object | None = None  # taken from the queue but left for the next batch
         self._metrics = metrics
         self._stopping = False
-        self._lock = threading.Lock()  # guards `_running` and the jobs' `abandoned`
+        self._lock = threading.Lock()  # guards `_places_taken`, `_running` and the jobs' `abandoned`
         self._gathering = threading.Lock()  # one batch forms at a time (it guards `_carried`)
         self._running: dict[int, tuple[list[_Job], ort.RunOptions]] = {}  # per instance: its batch and run options
         self._threads = [
@@ -172,9 +174,15 @@ class BatchWorker:
         """
         if self._stopping:
             raise WorkerStopped(f"model {self.model!r} is shutting down")
-        if not self._places.acquire(blocking=False):
-            raise QueueFull(f"model {self.model!r} has {self.queue_size} requests waiting")
+        with self._lock:
+            if self._places_taken >= self.queue_size:
+                raise QueueFull(f"model {self.model!r} has {self.queue_size} requests waiting")
+            self._places_taken += 1
         return QueuePlace(self)
+
+    def _release_place(self) -> None:
+        with self._lock:
+            self._places_taken -= 1
 
     def _put(self, job: _Job) -> Future[list[RawOutput]]:
         if self._stopping:
@@ -199,6 +207,12 @@ class BatchWorker:
             self._running[instance] = batch, options
             return True
 
+    def _alone(self, instance: int) -> bool:
+        """Whether the run of `instance` is the only one going and no request waits (being prepared or queued): it
+        may then use the solo session's threads, which would otherwise take cores from the other runs."""
+        with self._lock:
+            return self._running.keys() == {instance} and not self._places_taken
+
     def stop(self, timeout: float) -> None:
         """Run what is queued, then end the threads (waiting at most `timeout` seconds in all)."""
         self._stopping = True
@@ -219,7 +233,7 @@ class BatchWorker:
             return job
         job = self._queue.get(timeout=timeout)
         if job is not _STOP:
-            self._places.release()  # out of the queue: its place is free for another request
+            self._release_place()  # out of the queue: its place is free for another request
         return job
 
     def _serve(self, instance: int) -> None:
@@ -281,7 +295,8 @@ class BatchWorker:
                 if not self._start_run(batch, options, instance):
                     options.terminate = True
                     raise RuntimeError("every request of the batch gave up before its run")
-                outputs.extend(detector.infer(run, options, instance % detector.instances))
+                solo = detector.has_solo_session and self._alone(instance)
+                outputs.extend(detector.infer(run, options, instance % detector.instances, solo))
         except Exception as error:  # every waiting request must learn about it
             stopped = options is not None and options.terminate
             if stopped:

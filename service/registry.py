@@ -96,7 +96,9 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics
         self.default_name = settings.default_model
-        self.plan = plan_execution(settings.instances, settings.threads, settings.device)
+        self.plan = plan_execution(
+            settings.instances, settings.threads, settings.device, solo_threads=settings.solo_threads
+        )
         self.entries: dict[str, ModelEntry] = {
             source.name: ModelEntry(
                 source.name,
@@ -204,7 +206,7 @@ class ModelRegistry:
         info = served.detector.info
         logger.info(
             "model %r loaded from %s: %d classes, imgsz %s, %s, dynamic batch %s, providers %s, "
-            "%d instances x %d threads",
+            "%d instances x %d threads, solo session %s",
             entry.name,
             entry.path,
             info.num_classes,
@@ -214,6 +216,7 @@ class ModelRegistry:
             ",".join(info.providers),
             self.plan.instances,
             self.plan.threads,
+            f"{self.plan.solo_threads} threads" if self.plan.solo_threads else "none",
         )
         self.metrics.loads.labels(entry.name, "ok").inc()
         return True
@@ -231,6 +234,7 @@ class ModelRegistry:
             plan.spinning,
             self.settings.max_imgsz,
             self.settings.reduced_decoding,
+            plan.solo_threads,
         )
         return ServedModel(detector, datetime.now(UTC), detector.warmup().output.shape)
 

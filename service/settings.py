@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="model instances per model (sessions that run at once, like Triton's instance_group count); "
         "0 = one single-threaded instance per core on CPU, up to 8 (then the cores are shared as threads)",
     )
+    solo_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime intra-op threads of a run that starts while no other run goes and no request waits "
+        "(one more session of the model): a lone request uses the cores the instances share under load; 0 = chosen "
+        "(the cores, up to 4, with several single-threaded instances on CPU); at most DETECT_THREADS = no such session",
+    )
     reduced_decoding: bool = Field(
         True,
         description="decode a JPEG at 1/2, 1/4 or 1/8 scale in libjpeg when it stays at least as large as the model "

@@ -64,7 +64,7 @@ def test_service_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
     out = tmp_path / "service.json"
     result = run_script(
         "service.py",
-        "--model", str(trained_onnx_dynamic), "--threads", "1",
+        "--model", str(trained_onnx_dynamic), "--threads", "1", "--instances", "2", "--solo-threads", "2",
         "--concurrency", "1,2", "--batch-sizes", "1,2", "--duration", "1.5", "--warmup", "0.3",
         "--reference-runs", "4", "--reference-warmup", "1", "--sweep-seconds", "0.2", "--out", str(out),
     )  # fmt: skip
@@ -76,15 +76,16 @@ def test_service_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
     assert (1, 1, 1) in {(row["instances"], row["threads"], row["batch"]) for row in sweep}
     assert (report["image"]["width"], report["image"]["height"]) == (640, 480)
     assert report["input_shape"] == [1, 3, 256, 320]  # the engine's rect letterbox of a 4:3 photo at 320
-    assert report["service_settings"]["threads"] == 1
+    assert (report["service_settings"]["threads"], report["service_settings"]["solo_threads"]) == (1, 2)
     assert report["machine"]["onnxruntime"] == ort.__version__
-    for case in ("raw", "ultralytics"):
+    for case in ("raw", "raw_solo", "ultralytics"):
         reference = report["references"][case]
         assert reference["runs"] == 4 and len(reference["samples_ms"]) == 4
         assert_ordered_latencies(reference)
         assert reference["after_over_before"] > 0
-    raw_p50 = report["references"]["raw"]["p50_ms"]
-    assert report["raw_single_stream_rate"] == pytest.approx(1e3 / raw_p50)
+    assert report["references"]["lone"] == "raw_solo"  # a lone request runs on the solo session: the c1 limit
+    lone_p50 = report["references"]["raw_solo"]["p50_ms"]
+    assert report["raw_single_stream_rate"] == pytest.approx(1e3 / lone_p50)
 
     levels = {level["concurrency"]: level for level in report["service"]}
     assert sorted(levels) == [1, 2]
@@ -101,7 +102,7 @@ def test_service_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
         assert row["service_throughput_rps"] == levels[row["batch"]]["throughput_rps"]
 
     ratios = report["ratios"]
-    assert ratios["p50_c1_over_raw"] == pytest.approx(levels[1]["p50_ms"] / raw_p50)
+    assert ratios["p50_c1_over_raw"] == pytest.approx(levels[1]["p50_ms"] / lone_p50)
     assert ratios["p50_c1_over_ultralytics"] == pytest.approx(
         levels[1]["p50_ms"] / report["references"]["ultralytics"]["p50_ms"]
     )

@@ -434,6 +434,7 @@ def test_compose_resources_threads_and_weights_volume(compose):
         environment = service["environment"]
         cores = int(environment["DETECT_INSTANCES"]) * int(environment["DETECT_THREADS"])
         assert cores == float(limits["cpus"]), name
+        assert int(environment.get("DETECT_SOLO_THREADS", "1")) <= cores, name  # a lone run: at most every core
         assert re.fullmatch(r"\d+[mg]", str(limits["memory"])), name
         [weights] = [v for v in service["volumes"] if v["target"] == "/app/weights"]
         assert weights["type"] == "bind" and weights["read_only"] is True

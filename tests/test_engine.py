@@ -492,15 +492,18 @@ def test_bad_parameters_are_refused(dynamic_detector: Detector, bus: np.ndarray)
     ("cores", "asked", "plan"),
     [
         (1, {}, ExecutionPlan(1, 1, spinning=False)),
-        (2, {}, ExecutionPlan(2, 1, spinning=False)),  # threads pay only spinning, and spinning steals under load
-        (8, {}, ExecutionPlan(8, 1, spinning=False)),
-        (16, {}, ExecutionPlan(8, 2, spinning=False)),  # at most 8 instances: beyond, the cores become threads
-        (32, {}, ExecutionPlan(8, 4, spinning=False)),
+        (2, {}, ExecutionPlan(2, 1, spinning=False, solo_threads=2)),  # one core per run; a lone run gets both
+        (8, {}, ExecutionPlan(8, 1, spinning=False, solo_threads=4)),
+        (16, {}, ExecutionPlan(8, 2, spinning=False, solo_threads=4)),  # at most 8 instances: then threads
+        (32, {}, ExecutionPlan(8, 4, spinning=False)),  # the instances have the most threads already: no solo
         (64, {}, ExecutionPlan(8, 4, spinning=True)),  # at most 4 threads each: cores left over
         (2, {"threads": 2}, ExecutionPlan(1, 2, spinning=False)),
         (8, {"instances": 1}, ExecutionPlan(1, 4, spinning=True)),  # what is asked for gets the cores
         (8, {"instances": 2}, ExecutionPlan(2, 4, spinning=False)),
-        (8, {"instances": 3, "threads": 3}, ExecutionPlan(3, 3, spinning=False)),  # what is asked is kept
+        (8, {"instances": 3, "threads": 3}, ExecutionPlan(3, 3, spinning=False, solo_threads=4)),  # kept as asked
+        (2, {"solo_threads": 1}, ExecutionPlan(2, 1, spinning=False)),  # not above the instances' threads: none
+        (4, {"instances": 2, "threads": 1, "solo_threads": 3}, ExecutionPlan(2, 1, spinning=True, solo_threads=3)),
+        (1, {"instances": 1, "threads": 1, "solo_threads": 4}, ExecutionPlan(1, 1, spinning=False)),  # one instance
         (16, {"device": "cuda"}, ExecutionPlan(1, 4, spinning=True)),
     ],
 )
@@ -508,7 +511,7 @@ def test_instances_and_threads_are_chosen_from_the_cores(cores: int, asked: dict
     assert plan_execution(cores=cores, **asked) == plan
 
 
-@pytest.mark.parametrize("asked", [{"instances": -1}, {"threads": -2}])
+@pytest.mark.parametrize("asked", [{"instances": -1}, {"threads": -2}, {"solo_threads": -1}])
 def test_a_negative_instance_count_or_thread_count_is_refused(asked: dict):
     with pytest.raises(InvalidParameter, match="must be >= 0"):
         plan_execution(cores=2, **asked)

@@ -128,12 +128,14 @@ def _thread_priorities(pid: int) -> dict[int, int]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are set on Linux only")
 def test_model_runs_have_a_lower_priority_than_http(servers, trained_onnx_dynamic):  # noqa: F811
-    """Every thread that runs the model (each instance's worker, which takes part in its runs, and ONNX Runtime's
-    intra-op pool) has the lower priority; the event loop and the rest keep theirs, so that answers and 503s do not
-    wait for the model."""
-    server = servers({"MODELS": str(trained_onnx_dynamic), "INSTANCES": "2", "THREADS": "3", "INFERENCE_NICE": "7"})
+    """Every thread that runs the model (each instance's worker, which takes part in its runs, and the intra-op pools
+    of ONNX Runtime, the solo session's too) has the lower priority; the event loop and the rest keep theirs, so that
+    answers and 503s do not wait for the model."""
+    settings = {"INSTANCES": "2", "THREADS": "3", "SOLO_THREADS": "4", "INFERENCE_NICE": "7"}
+    server = servers({"MODELS": str(trained_onnx_dynamic), **settings})
     nice = _thread_priorities(server.process.pid)
-    assert sorted(nice.values()).count(7) == 2 * 3, nice  # 2 instances x (their worker + 2 pool threads)
+    # 2 instances x (their worker + 2 pool threads), and the solo session's 3 pool threads (a worker joins them)
+    assert sorted(nice.values()).count(7) == 2 * 3 + 3, nice
     assert nice[server.process.pid] == 0 and set(nice.values()) == {0, 7}, nice  # the main thread: the event loop
 
 
