@@ -368,14 +368,16 @@ def test_rss_returns_near_its_baseline_after_the_largest_run(memory_server, phot
 
 
 def test_a_reload_loop_keeps_rss_flat(memory_server, photo):
-    """40 reloads (benchmarks/abuse.py does 100): RSS grows over the first few (thread arenas, caches), then stays,
-    give or take 3 MB of transient allocations: the lowest RSS after reloads 31-40 is within 4 MB of the lowest after
-    reloads 11-20. A replaced version that stays referenced (one ONNX Runtime session each) adds over 20 MB a reload."""
+    """40 reloads (benchmarks/abuse.py does 100): RSS grows over the first few (thread arenas, caches), then levels
+    off: the lowest RSS after reloads 31-40 is within 10 MB of the lowest after reloads 11-20. A replaced version that
+    stays referenced (three ONNX Runtime sessions: two instances and the solo session) adds over 20 MB a reload, so
+    200 MB over those reloads. (Seen here with the solo session: glibc's heap settles about 14 MB higher over some 30
+    reloads, then stays or falls back; 4.4 MB between the two windows.)"""
 
     def reload() -> float:
         assert httpx.post(memory_server.url + "/v1/models/bccd/reload", timeout=30).status_code == 200
         return resident_mb(memory_server)
 
     rss = [reload() for _ in range(40)]
-    assert min(rss[30:]) - min(rss[10:20]) < 4, rss
+    assert min(rss[30:]) - min(rss[10:20]) < 10, rss
     _serves_normally(memory_server, photo)
