@@ -202,7 +202,7 @@ class References:
         self.info = preparer.info
         self.tensor = preparer.prepare(image.read_bytes()).tensor
         self.session = create_session(model, device, plan.threads, plan.spinning)
-        self.cases: dict[str, Callable[[], object]] = {"raw": lambda: self.run_raw()}
+        self.cases: dict[str, Callable[[], object]] = {"raw": self.run_raw}
         lone_threads, lone_spinning = plan.threads, plan.spinning
         if plan.solo_threads:
             lone_threads, lone_spinning = plan.solo_threads, True
@@ -421,6 +421,7 @@ def batch_table(raw_batches: dict[int, list[float]], levels: dict[int, dict[str,
 
 
 def solo_text(solo_threads: int, threads: int) -> str:
+    """The solo session as the service's log names it ("none" where its threads are no more than an instance's)."""
     return f"{solo_threads} threads" if solo_threads > threads else "none"
 
 
