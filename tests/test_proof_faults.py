@@ -166,12 +166,12 @@ def test_a_failing_model_run_fails_only_its_batch(trained_onnx_dynamic, proof_ph
         real_infer = detector.infer
         runs: list[tuple[int, bool]] = []  # (images, failed) of every model run from now on
 
-        def infer_failing_once(prepared, run_options=None, instance=0, solo=False):
+        def infer_failing_once(prepared, *args, **kwargs):  # whatever else the worker passes goes on unchanged
             failing = not runs
             runs.append((len(prepared), failing))
             if failing:
                 raise RuntimeError(INJECTED)
-            return real_infer(prepared, run_options, instance, solo)
+            return real_infer(prepared, *args, **kwargs)
 
         detector.infer = infer_failing_once  # the worker calls the served detector's infer
         responses: dict[str, httpx.Response] = {}

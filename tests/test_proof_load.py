@@ -204,10 +204,10 @@ def test_a_full_queue_refuses_before_decoding(trained_onnx_dynamic, proof_photo)
             time.sleep(1.0)
             return real_prepare(*args, **kwargs)
 
-        def held_infer(prepared, run_options=None, instance=0, solo=False):
+        def held_infer(*args, **kwargs):
             running.set()
             assert release.wait(30), "the test never released the model run"
-            return real_infer(prepared, run_options, instance, solo)
+            return real_infer(*args, **kwargs)
 
         detector.prepare, detector.infer = slow_prepare, held_infer
         outcomes: dict[str, tuple[int, float]] = {}
