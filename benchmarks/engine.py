@@ -34,7 +34,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loadgen import require_device
-from engine import Detector, physical_cores
+from engine import Detector, EngineError, ImageError, physical_cores
 from engine.model import create_session
 from engine.preprocess import letterbox, to_input_tensor
 
@@ -109,9 +109,22 @@ def write_report(out: Path | None, report: dict[str, object]) -> None:
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    require_device(args.device)
+    parser = build_parser()
+    args = parser.parse_args()
     images = args.images or default_images()
+    named = [("--model", args.model), ("--int8-model", args.int8_model), *(("--images", path) for path in images)]
+    for option, path in named:
+        if path is not None and not path.is_file():
+            parser.error(f"{option} {path}: no such file")
+    require_device(args.device)
+    try:
+        run(args, images)
+    except EngineError as error:  # a model or image the engine cannot use
+        raise SystemExit(f"engine.py: {error}") from None
+
+
+def run(args: argparse.Namespace, images: list[Path]) -> None:
+    """Time every case on every image, print the table and write the report."""
     threads = args.threads or physical_cores()
     device = args.device
     detector = Detector(args.model, device=device, threads=threads)
@@ -140,7 +153,10 @@ def main() -> None:
     results = []
     for path in images:
         data = path.read_bytes()
-        prepared = detector.prepare(data, imgsz)
+        try:
+            prepared = detector.prepare(data, imgsz)
+        except ImageError as error:
+            raise SystemExit(f"engine.py: --images {path}: {error}") from None
         feed = {info.input_name: prepared.tensor}
         stages: list[dict[str, float]] = []
 
