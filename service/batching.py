@@ -7,8 +7,9 @@ fixed batch size when its batch axis is static), runs `Detector.infer` on its ow
 job its own outputs. So a batch is whatever queued while the instances were busy; `max_wait_s` (default 0, like
 Triton's ``max_queue_delay_microseconds``) makes the first job wait for company, trading latency for batch size.
 One batch forms at a time; the instances run theirs at once. Where the detector has a solo session (more intra-op
-threads than an instance's), a run that starts while no other run goes and no request waits takes it: a lone request
-uses every core, and under load each run keeps to its own instance's core. A request takes its place
+threads than an instance's), a run that starts while no other run goes and no request waits takes it, counting
+every model that shares the cores (`CoreUse`): a lone request uses every core, and under load each run keeps to its
+own instance's core. A request takes its place
 in the queue (`reserve`) before its images are prepared, so a full queue refuses it before any work
 (`QueueFull`). A request that gives up (timeout, shutdown) abandons its job: a waiting job is skipped, and a
 model run whose requests have all given up is stopped (ONNX Runtime's `RunOptions.terminate`).
@@ -59,6 +60,35 @@ class _Job:
 
 
 _STOP = object()
+
+
+class CoreUse:
+    """Model runs going and requests waiting in every `BatchWorker` that shares the cores (all the models of a
+    service), so that a run takes the solo session only when it is the one run going and no request waits, whatever
+    the model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set[object] = set()
+        self._waiting = 0
+
+    def add_waiting(self, count: int) -> None:
+        """`count` more requests (fewer when negative) are being prepared or queued."""
+        with self._lock:
+            self._waiting += count
+
+    def run_started(self, run: object) -> None:
+        with self._lock:
+            self._runs.add(run)
+
+    def run_ended(self, run: object) -> None:
+        with self._lock:
+            self._runs.discard(run)
+
+    def alone(self, run: object) -> bool:
+        """Whether `run` is the only run going and no request waits."""
+        with self._lock:
+            return self._runs == {run} and not self._waiting
 
 
 @dataclass(eq=False)
@@ -126,6 +156,7 @@ class BatchWorker:
         metrics: where runs are recorded.
         instances: worker threads; thread i runs its batches on the detector's instance i.
         nice: how much lower the CPU priority of the worker threads is (see `lower_thread_priority`).
+        cores: what the workers sharing these cores are doing (one per service); default: this worker's own.
     """
 
     def __init__(
@@ -138,8 +169,10 @@ class BatchWorker:
         metrics: Metrics,
         instances: int = 1,
         nice: int = 0,
+        cores: CoreUse | None = None,
     ) -> None:
         self.model = model
+        self._cores = cores or CoreUse()
         self.nice = nice
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -150,7 +183,7 @@ class BatchWorker:
         self._carried: _Job | object | None = None  # taken from the queue but left for the next batch
         self._metrics = metrics
         self._stopping = False
-        self._lock = threading.Lock()  # guards `_places_taken`, `_running` and the jobs' `abandoned`
+        self._lock = threading.Lock()  # guards `_places_taken`, `_running` and the jobs' `abandoned` (then `_cores`)
         self._gathering = threading.Lock()  # one batch forms at a time (it guards `_carried`)
         self._running: dict[int, tuple[list[_Job], ort.RunOptions]] = {}  # per instance: its batch and run options
         self._threads = [
@@ -178,11 +211,13 @@ class BatchWorker:
             if self._places_taken >= self.queue_size:
                 raise QueueFull(f"model {self.model!r} has {self.queue_size} requests waiting")
             self._places_taken += 1
+            self._cores.add_waiting(1)
         return QueuePlace(self)
 
     def _release_place(self) -> None:
         with self._lock:
             self._places_taken -= 1
+            self._cores.add_waiting(-1)
 
     def _put(self, job: _Job) -> Future[list[RawOutput]]:
         if self._stopping:
@@ -205,13 +240,14 @@ class BatchWorker:
             if all(job.abandoned for job in batch):
                 return False
             self._running[instance] = batch, options
+            self._cores.run_started((self, instance))
             return True
 
     def _alone(self, instance: int) -> bool:
-        """Whether the run of `instance` is the only one going and no request waits (being prepared or queued): it
-        may then use the solo session's threads, which would otherwise take cores from the other runs."""
-        with self._lock:
-            return self._running.keys() == {instance} and not self._places_taken
+        """Whether the run of `instance` is the only one going and no request waits (being prepared or queued), in
+        any worker sharing the cores: it may then use the solo session's threads, which would otherwise take cores
+        from the other runs."""
+        return self._cores.alone((self, instance))
 
     def stop(self, timeout: float) -> None:
         """Run what is queued, then end the threads (waiting at most `timeout` seconds in all)."""
@@ -310,6 +346,7 @@ class BatchWorker:
         finally:
             with self._lock:
                 self._running.pop(instance, None)
+                self._cores.run_ended((self, instance))
         self._observe(outputs)
         offset = 0
         for job in batch:

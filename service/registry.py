@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from engine import Detector, plan_execution
 
-from .batching import BatchWorker
+from .batching import BatchWorker, CoreUse
 from .errors import ServiceError
 from .memory import release_free_memory
 from .metrics import Metrics
@@ -99,6 +99,7 @@ class ModelRegistry:
         self.plan = plan_execution(
             settings.instances, settings.threads, settings.device, solo_threads=settings.solo_threads
         )
+        cores = CoreUse()  # the models share the cores: a solo run needs all of them idle
         self.entries: dict[str, ModelEntry] = {
             source.name: ModelEntry(
                 source.name,
@@ -112,6 +113,7 @@ class ModelRegistry:
                     metrics,
                     self.plan.instances,
                     settings.inference_nice,
+                    cores,
                 ),
             )
             for source in settings.models

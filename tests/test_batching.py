@@ -1,5 +1,5 @@
-"""Which session the batch worker runs a batch on: a run that has the model to itself takes the solo session (every
-core for a lone request); a run beside another, or with requests waiting, takes its own instance's."""
+"""Which session the batch worker runs a batch on: a run that has the cores to itself takes the solo session (every
+core for a lone request); a run beside another, or with requests waiting, of any model, takes its own instance's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine import Detector, Prepared, RawOutput
-from service.batching import BatchWorker
+from service.batching import BatchWorker, CoreUse
 from service.metrics import Metrics
 
 
@@ -75,6 +75,33 @@ def test_a_run_beside_another_or_with_requests_waiting_keeps_to_its_instance(
     assert detector.solo_runs[-1] is False
     _detect(worker, detector, data)
     assert detector.solo_runs[-1] is True
+
+
+def test_the_models_of_a_service_share_the_cores_for_the_solo_decision(
+    detector: RecordingDetector, trained_onnx_dynamic: Path, real_photos: list[Path]
+):
+    """Two models, one worker each, sharing a `CoreUse` as the registry's do: a run of one model beside a run of the
+    other, or while a request of the other waits, keeps to its instance."""
+    data = real_photos[0].read_bytes()
+    other = RecordingDetector(trained_onnx_dynamic, threads=1, instances=2, spinning=False, solo_threads=2)
+    cores = CoreUse()
+    workers = [BatchWorker(name, 8, 0.0, 8, 1920 * 1920, Metrics(8), instances=2, cores=cores) for name in "ab"]
+    detector.solo_runs.clear()
+    try:
+        slow = threading.Thread(target=_detect, args=(workers[1], other, data, 1920))
+        slow.start()
+        assert other.started.wait(60)
+        _detect(workers[0], detector, data)  # while the other model's run goes on
+        slow.join()
+        assert (detector.solo_runs, other.solo_runs) == ([False], [True])
+
+        with workers[1].reserve():  # a request of the other model being prepared
+            _detect(workers[0], detector, data)
+        _detect(workers[0], detector, data)
+    finally:
+        for worker in workers:
+            worker.stop(30)
+    assert detector.solo_runs == [False, False, True]
 
 
 def test_without_a_solo_session_every_run_is_on_an_instance(trained_onnx_dynamic: Path, real_photos: list[Path]):
