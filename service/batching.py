@@ -62,33 +62,14 @@ class _Job:
 _STOP = object()
 
 
+@dataclass(eq=False)
 class CoreUse:
-    """Model runs going and requests waiting in every `BatchWorker` that shares the cores (all the models of a
-    service), so that a run takes the solo session only when it is the one run going and no request waits, whatever
+    """The `BatchWorker`s that share the cores (all the models of a service) and the one lock that guards their
+    state, so that a run takes the solo session only when it is the one run going and no request waits, whatever
     the model."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runs: set[object] = set()
-        self._waiting = 0
-
-    def add_waiting(self, count: int) -> None:
-        """`count` more requests (fewer when negative) are being prepared or queued."""
-        with self._lock:
-            self._waiting += count
-
-    def run_started(self, run: object) -> None:
-        with self._lock:
-            self._runs.add(run)
-
-    def run_ended(self, run: object) -> None:
-        with self._lock:
-            self._runs.discard(run)
-
-    def alone(self, run: object) -> bool:
-        """Whether `run` is the only run going and no request waits."""
-        with self._lock:
-            return self._runs == {run} and not self._waiting
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    workers: list[BatchWorker] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -183,9 +164,11 @@ class BatchWorker:
         self._carried: _Job | object | None = None  # taken from the queue but left for the next batch
         self._metrics = metrics
         self._stopping = False
-        self._lock = threading.Lock()  # guards `_places_taken`, `_running` and the jobs' `abandoned` (then `_cores`)
+        self._lock = self._cores.lock  # guards `_places_taken`, `_running` and the jobs' `abandoned`, of every worker
         self._gathering = threading.Lock()  # one batch forms at a time (it guards `_carried`)
         self._running: dict[int, tuple[list[_Job], ort.RunOptions]] = {}  # per instance: its batch and run options
+        with self._lock:
+            self._cores.workers.append(self)  # complete: other workers' `_alone` reads its state
         self._threads = [
             threading.Thread(target=self._serve, args=(instance,), name=f"infer-{model}-{instance}", daemon=True)
             for instance in range(instances)
@@ -211,13 +194,11 @@ class BatchWorker:
             if self._places_taken >= self.queue_size:
                 raise QueueFull(f"model {self.model!r} has {self.queue_size} requests waiting")
             self._places_taken += 1
-            self._cores.add_waiting(1)
         return QueuePlace(self)
 
     def _release_place(self) -> None:
         with self._lock:
             self._places_taken -= 1
-            self._cores.add_waiting(-1)
 
     def _put(self, job: _Job) -> Future[list[RawOutput]]:
         if self._stopping:
@@ -240,14 +221,17 @@ class BatchWorker:
             if all(job.abandoned for job in batch):
                 return False
             self._running[instance] = batch, options
-            self._cores.run_started((self, instance))
             return True
 
     def _alone(self, instance: int) -> bool:
         """Whether the run of `instance` is the only one going and no request waits (being prepared or queued), in
         any worker sharing the cores: it may then use the solo session's threads, which would otherwise take cores
         from the other runs."""
-        return self._cores.alone((self, instance))
+        with self._lock:
+            return all(
+                worker._running.keys() == ({instance} if worker is self else set()) and not worker._places_taken
+                for worker in self._cores.workers
+            )
 
     def stop(self, timeout: float) -> None:
         """Run what is queued, then end the threads (waiting at most `timeout` seconds in all)."""
@@ -346,7 +330,6 @@ class BatchWorker:
         finally:
             with self._lock:
                 self._running.pop(instance, None)
-                self._cores.run_ended((self, instance))
         self._observe(outputs)
         offset = 0
         for job in batch:
