@@ -59,6 +59,7 @@ from benchmarks.loadgen import (
     positive_float,
     positive_int,
     require_device,
+    require_files,
 )
 from engine import physical_cores
 from service.settings import Settings
@@ -515,8 +516,7 @@ def print_report(report: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {args.model} is not a file")
+    require_files(parser, ("--model", args.model))
     require_device(args.device)
     settings = AbuseSettings(
         model=args.model,

@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.loadgen import require_device
+from benchmarks.loadgen import require_device, require_files
 from engine import Detector, EngineError, ImageError, physical_cores
 from engine.model import create_session
 from engine.preprocess import letterbox, to_input_tensor
@@ -113,9 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     images = args.images or default_images()
     named = [("--model", args.model), ("--int8-model", args.int8_model), *(("--images", path) for path in images)]
-    for option, path in named:
-        if path is not None and not path.is_file():
-            parser.error(f"{option} {path}: no such file")
+    require_files(parser, *named)
     require_device(args.device)
     try:
         run(args, images)

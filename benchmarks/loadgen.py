@@ -337,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_loopback(args.url)
     except ValueError as error:
         parser.error(str(error))
-    if not args.image.is_file():
-        parser.error(f"--image {args.image} is not a file")
+    require_files(parser, ("--image", args.image))
     report = asyncio.run(generate(args))
     args.out.write_text(json.dumps(report))
     return 0
@@ -363,6 +362,13 @@ def add_model_and_image_arguments(parser: argparse.ArgumentParser | argparse._Ar
         help="image sent in every request (default: a 640x480 BCCD photo from the shared datasets, else "
         "ultralytics' bus.jpg resized to 640x480)",
     )
+
+
+def require_files(parser: argparse.ArgumentParser, *named: tuple[str, Path | None]) -> None:
+    """`parser.error` naming the first (option, path) given whose path is not a file."""
+    for option, path in named:
+        if path is not None and not path.is_file():
+            parser.error(f"{option} {path} is not a file")
 
 
 def default_image(workdir: Path) -> Path:

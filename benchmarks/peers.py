@@ -65,6 +65,7 @@ from benchmarks.loadgen import (
     positive_int,
     positive_ints,
     print_goals,
+    require_files,
     run_load,
     summarize,
 )
@@ -149,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not args.model.is_file():
-        parser.error(f"--model {args.model} is not a file")
-    if args.image is not None and not args.image.is_file():
-        parser.error(f"--image {args.image} is not a file")
+    require_files(parser, ("--model", args.model), ("--image", args.image))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from benchmarks.loadgen import (
     positive_ints,
     print_goals,
     require_device,
+    require_files,
     run_load,
     summarize,
 )
@@ -186,10 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Errors argparse cannot see: missing files, a negative warm-up count."""
-    if not args.model.is_file():
-        parser.error(f"--model {args.model} is not a file")
-    if args.image is not None and not args.image.is_file():
-        parser.error(f"--image {args.image} is not a file")
+    require_files(parser, ("--model", args.model), ("--image", args.image))
     if args.reference_warmup < 0:
         parser.error(f"--reference-warmup must not be negative, got {args.reference_warmup}")
 

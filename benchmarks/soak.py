@@ -57,6 +57,7 @@ from benchmarks.loadgen import (
     positive_int,
     print_goals,
     require_device,
+    require_files,
     rss_bytes,
     run_load,
     summarize,
@@ -415,10 +416,7 @@ def run_phases(server: ServiceProcess, image: Path, args: argparse.Namespace, wo
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.model.is_file():
-        parser.error(f"--model {args.model} is not a file")
-    if args.image is not None and not args.image.is_file():
-        parser.error(f"--image {args.image} is not a file")
+    require_files(parser, ("--model", args.model), ("--image", args.image))
     require_device(args.device)
     settings = ServiceSettings(
         model=args.model,

@@ -311,7 +311,7 @@ def test_engine_benchmark_writes_its_report(tmp_path, trained_onnx_dynamic):
 def test_engine_benchmark_names_a_missing_or_unreadable_image(tmp_path, trained_onnx_dynamic):
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not a JPEG")
-    for image, said in ((tmp_path / "absent.jpg", "no such file"), (not_an_image, "not a recognised image")):
+    for image, said in ((tmp_path / "absent.jpg", "is not a file"), (not_an_image, "not a recognised image")):
         result = run_script("engine.py", "--model", str(trained_onnx_dynamic), "--images", str(image), "--runs", "1")
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert f"--images {image}" in result.stderr and said in result.stderr, result.stderr
